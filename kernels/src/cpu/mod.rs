@@ -1,0 +1,84 @@
+//! The CPU kernel registry.
+//!
+//! A variant is data: a [`KernelSet`] naming its entry points and how to detect
+//! the CPU features it needs. [`available`] lists the variants this CPU can run,
+//! best first; [`active`] is the best one, or the one forced by the environment
+//! variable `QMUL_KERNEL` (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`).
+//! One binary can therefore A/B its own kernels, and the op harness runs every
+//! variant against [`scalar`].
+
+use crate::{QGemm, SGemm};
+use std::sync::OnceLock;
+
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+
+/// Integer GEMM entry point of one variant: single-threaded, whole problem.
+pub type QGemmFn = fn(&QGemm, &mut [f32]);
+/// f32 GEMM entry point of one variant: single-threaded, whole problem.
+pub type SGemmFn = fn(&SGemm, &mut [f32]);
+
+/// One kernel variant: its name, its CPU-feature check and its entry points.
+/// Entry points are safe to call once `detect()` returned true.
+pub struct KernelSet {
+    pub name: &'static str,
+    pub detect: fn() -> bool,
+    pub qgemm_u4s4: QGemmFn,
+    pub qgemm_u8s8: QGemmFn,
+    pub sgemm: SGemmFn,
+}
+
+impl std::fmt::Debug for KernelSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Every variant compiled into this binary, best first.
+fn registry() -> Vec<&'static KernelSet> {
+    #[allow(unused_mut)]
+    let mut v: Vec<&'static KernelSet> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    v.extend(x86_64::VARIANTS.iter());
+    #[cfg(target_arch = "aarch64")]
+    v.extend(aarch64::VARIANTS.iter());
+    v.push(&scalar::SCALAR);
+    v
+}
+
+/// The variants this CPU supports, best first (the scalar reference is last).
+pub fn available() -> Vec<&'static KernelSet> {
+    registry().into_iter().filter(|k| (k.detect)()).collect()
+}
+
+/// The variant called `name`, if compiled in and supported by this CPU.
+pub fn by_name(name: &str) -> Result<&'static KernelSet, String> {
+    let all = registry();
+    match all.iter().find(|k| k.name == name) {
+        None => Err(format!(
+            "unknown kernel variant '{name}' (compiled in: {})",
+            all.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        )),
+        Some(k) if !(k.detect)() => Err(format!("kernel variant '{name}' is not supported by this CPU")),
+        Some(k) => Ok(*k),
+    }
+}
+
+/// The variant in use: `QMUL_KERNEL` if set and usable, else the best available.
+pub fn active() -> &'static KernelSet {
+    static ACTIVE: OnceLock<&'static KernelSet> = OnceLock::new();
+    ACTIVE.get_or_init(|| {
+        if let Ok(name) = std::env::var("QMUL_KERNEL") {
+            match by_name(name.trim()) {
+                Ok(k) => return k,
+                Err(e) => log::warn!("QMUL_KERNEL ignored: {e}"),
+            }
+        }
+        available()[0]
+    })
+}

@@ -1,0 +1,163 @@
+//! qmul-kernels: the packed low-bit format and the compute kernels every layer of
+//! qmul runs on.
+//!
+//! Three operations cover the forward and straight-through backward passes of
+//! quantized convolutions (as im2col GEMMs) and linear layers:
+//!
+//! * [`qgemm_u4s4`]: `C[m][n] = alpha * col_scale[n] * sum_k A[m][k] * B[n][k]` with
+//!   unsigned 4-bit activation codes `A` and signed 4-bit weight codes `B`, both
+//!   packed two per byte along `k` (see [`pack`]), accumulated exactly in `i32`.
+//! * [`qgemm_u8s8`]: the same with one code per byte (the 8-bit stem and classifier).
+//! * [`sgemm`]: `C = alpha * A * B + beta * C` in `f32`, where `B` may be stored as
+//!   f32 or as 4/8-bit codes. Codes are widened to f32 inside the kernel (exact), so
+//!   `dX = dY * W_q^T` and `dW = X_q^T * dY` never materialise an f32 copy of the
+//!   quantized operand.
+//!
+//! Each operation has a scalar reference in [`cpu::scalar`] and SIMD variants
+//! chosen at run time from CPU features (override with `QMUL_KERNEL`); the public
+//! functions here split the output across threads (see [`par`]).
+
+pub mod cpu;
+pub mod pack;
+pub mod par;
+
+pub use cpu::{active, available, by_name, KernelSet};
+
+/// A `B` operand of [`sgemm`]: element `(r, j)` (row `r` along the reduction,
+/// column `j` along the output columns) of a row-major matrix in one of the
+/// encodings qmul stores. `rs` is the row stride in elements (f32, i8, u8) or in
+/// bytes for the packed 4-bit encodings.
+#[derive(Clone, Copy, Debug)]
+pub enum BMat<'a> {
+    F32 { data: &'a [f32], rs: usize },
+    S8 { data: &'a [i8], rs: usize },
+    U8 { data: &'a [u8], rs: usize },
+    /// Signed 4-bit codes packed two per byte (nibble order in [`pack`]).
+    S4 { data: &'a [u8], rs: usize },
+    /// Unsigned 4-bit codes packed two per byte.
+    U4 { data: &'a [u8], rs: usize },
+}
+
+impl<'a> BMat<'a> {
+    /// Element `(r, j)` widened to f32 (exact for every integer encoding).
+    #[inline(always)]
+    pub fn get(&self, r: usize, j: usize) -> f32 {
+        match *self {
+            BMat::F32 { data, rs } => data[r * rs + j],
+            BMat::S8 { data, rs } => data[r * rs + j] as f32,
+            BMat::U8 { data, rs } => data[r * rs + j] as f32,
+            BMat::S4 { data, rs } => pack::get_s4(&data[r * rs..], j) as f32,
+            BMat::U4 { data, rs } => pack::get_u4(&data[r * rs..], j) as f32,
+        }
+    }
+
+    /// The same matrix with its first `j0` columns dropped. For packed 4-bit
+    /// encodings `j0` must be even (a whole byte).
+    pub fn skip_cols(&self, j0: usize) -> BMat<'a> {
+        match *self {
+            BMat::F32 { data, rs } => BMat::F32 { data: &data[j0..], rs },
+            BMat::S8 { data, rs } => BMat::S8 { data: &data[j0..], rs },
+            BMat::U8 { data, rs } => BMat::U8 { data: &data[j0..], rs },
+            BMat::S4 { data, rs } => {
+                assert!(j0 % 2 == 0, "packed column offset must be even");
+                BMat::S4 { data: &data[j0 / 2..], rs }
+            }
+            BMat::U4 { data, rs } => {
+                assert!(j0 % 2 == 0, "packed column offset must be even");
+                BMat::U4 { data: &data[j0 / 2..], rs }
+            }
+        }
+    }
+
+    /// The same matrix starting at row `r0`.
+    pub fn skip_rows(&self, r0: usize) -> BMat<'a> {
+        match *self {
+            BMat::F32 { data, rs } => BMat::F32 { data: &data[r0 * rs..], rs },
+            BMat::S8 { data, rs } => BMat::S8 { data: &data[r0 * rs..], rs },
+            BMat::U8 { data, rs } => BMat::U8 { data: &data[r0 * rs..], rs },
+            BMat::S4 { data, rs } => BMat::S4 { data: &data[r0 * rs..], rs },
+            BMat::U4 { data, rs } => BMat::U4 { data: &data[r0 * rs..], rs },
+        }
+    }
+}
+
+/// Arguments of one integer GEMM call (shared by [`qgemm_u4s4`] and [`qgemm_u8s8`]).
+///
+/// `a` holds `m` rows of `row_bytes` bytes, `b` holds `n` rows of `row_bytes`
+/// bytes; `row_bytes` is a multiple of [`pack::ROW_ALIGN_BYTES`] and padding codes
+/// are zero, so kernels may read whole rows. Output:
+/// `c[i * ldc + j] = acc(i, j) as f32 * alpha * col_scale[j]` (+ `c` if `accumulate`).
+#[derive(Clone, Copy, Debug)]
+pub struct QGemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub row_bytes: usize,
+    pub a: &'a [u8],
+    pub b: &'a [u8],
+    pub alpha: f32,
+    pub col_scale: &'a [f32],
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+impl QGemm<'_> {
+    pub(crate) fn check(&self, c_len: usize) {
+        assert!(self.row_bytes % pack::ROW_ALIGN_BYTES == 0, "row_bytes not aligned");
+        assert!(self.a.len() >= self.m * self.row_bytes, "A too short");
+        assert!(self.b.len() >= self.n * self.row_bytes, "B too short");
+        assert!(self.col_scale.len() >= self.n, "col_scale too short");
+        assert!(self.ldc >= self.n, "ldc < n");
+        if self.m > 0 && self.n > 0 {
+            assert!(c_len >= (self.m - 1) * self.ldc + self.n, "C too short");
+        }
+    }
+}
+
+/// Arguments of one [`sgemm`] call: `C[i][j] = alpha * sum_r A(i, r) * B(r, j) + beta * C[i][j]`
+/// for `i < m`, `j < n`, `r < k`, with `A(i, r) = a[i * a_rs + r * a_cs]` and
+/// `C[i][j] = c[i * ldc + j]`. With `beta == 0` the old `C` is never read.
+#[derive(Clone, Copy, Debug)]
+pub struct SGemm<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub a: &'a [f32],
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b: BMat<'a>,
+    pub beta: f32,
+    pub ldc: usize,
+}
+
+impl SGemm<'_> {
+    pub(crate) fn check(&self, c_len: usize) {
+        assert!(self.ldc >= self.n, "ldc < n");
+        if self.m > 0 && self.n > 0 {
+            assert!(c_len >= (self.m - 1) * self.ldc + self.n, "C too short");
+        }
+        if self.m > 0 && self.k > 0 {
+            let last = (self.m - 1) * self.a_rs + (self.k - 1) * self.a_cs;
+            assert!(self.a.len() > last, "A too short");
+        }
+    }
+}
+
+/// Integer GEMM on packed unsigned 4-bit activations x signed 4-bit weights,
+/// multithreaded, with the active kernel variant.
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
+    p.check(c.len());
+    par::qgemm(active(), p, c, active().qgemm_u4s4);
+}
+
+/// Integer GEMM on unsigned 8-bit activations x signed 8-bit weights.
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
+    p.check(c.len());
+    par::qgemm(active(), p, c, active().qgemm_u8s8);
+}
+
+/// f32 GEMM whose `B` operand may be stored as codes, multithreaded.
+pub fn sgemm(p: &SGemm, c: &mut [f32]) {
+    p.check(c.len());
+    par::sgemm(active(), p, c);
+}
