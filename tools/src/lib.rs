@@ -1,1 +1,2 @@
 //! qmul-tools
+pub mod data;
