@@ -1,1 +1,18 @@
-//! qmul-runtime
+//! qmul-runtime: quantized forward and straight-through backward passes on packed
+//! 4-bit models, the quantizers (PACT, LSQ, DSQ), the optimiser, and the model file.
+//!
+//! See ARCHITECTURE.md at the repository root for how the modules fit together.
+
+pub mod exec;
+pub mod graph;
+pub mod model;
+pub mod model_file;
+pub mod ops;
+pub mod optim;
+pub mod quant;
+pub mod reference;
+pub mod rng;
+
+pub use exec::{Pass, PassError, Targets, Value};
+pub use graph::{Graph, Op, Precision, QuantScheme, Shape};
+pub use model::{InitOptions, Model};

@@ -1,2 +1,9 @@
-//! qmul-tools
+//! qmul-tools: the host side of qmul. The `qmul` command (train, eval, inspect),
+//! the data-set layer, forget specifications, training and evaluation loops.
+
+pub mod cli;
 pub mod data;
+pub mod eval;
+pub mod forget;
+pub mod progress;
+pub mod train;

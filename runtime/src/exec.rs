@@ -1,0 +1,556 @@
+//! Running a model: the eval-mode forward pass, and the training pass (forward,
+//! loss, straight-through backward).
+//!
+//! Memory plan of the training pass: the forward keeps only *checkpoints*, the
+//! outputs of Input (u8 pixels) and Act nodes (packed 4-bit codes in a quantized
+//! model, f32 in a full-precision one), plus BatchNorm batch statistics. Every
+//! f32 value between checkpoints (conv outputs, BatchNorm outputs, residual sums)
+//! is dropped as soon as its consumers have run, and the backward rebuilds it
+//! from the saved codes when it needs it. A saved 4-bit activation costs half a
+//! byte per element instead of the four of an f32 tensor.
+
+use crate::graph::{Op, QuantScheme};
+use crate::model::{Model, QWeights, Slots};
+use crate::ops::bn::{self, BatchStats};
+use crate::ops::conv::{self, ConvInput};
+use crate::ops::im2col::ConvGeom;
+use crate::ops::{linear, loss, pool};
+use crate::quant::{act, weight};
+use std::borrow::Cow;
+
+/// A node's output during a pass.
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// u8 pixels of the input batch (value = byte / 255).
+    Pixels(Vec<u8>),
+    /// Tightly packed unsigned 4-bit codes (value = code * scale).
+    Codes {
+        packed: Vec<u8>,
+        scale: f32,
+    },
+    F32(Vec<f32>),
+}
+
+impl Value {
+    fn as_conv_input(&self) -> ConvInput<'_> {
+        match self {
+            Value::Pixels(p) => ConvInput::Bytes {
+                data: p,
+                scale: 1.0 / 255.0,
+            },
+            Value::Codes { packed, scale } => ConvInput::Codes4 {
+                packed,
+                scale: *scale,
+            },
+            Value::F32(v) => ConvInput::F32(v),
+        }
+    }
+
+    /// Bytes this value occupies.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Value::Pixels(p) => p.len(),
+            Value::Codes { packed, .. } => packed.len(),
+            Value::F32(v) => v.len() * 4,
+        }
+    }
+}
+
+/// How BatchNorm behaves while computing a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Eval,
+    /// Batch statistics, computed now and kept for the backward.
+    Train,
+    /// Batch statistics saved by the training forward (backward recompute).
+    Recompute,
+}
+
+/// Per-sample targets and loss weights of one training batch.
+#[derive(Clone, Copy, Debug)]
+pub struct Targets<'a> {
+    pub labels: &'a [u32],
+    pub weights: &'a [f32],
+}
+
+/// Result of one training pass.
+#[derive(Clone, Debug)]
+pub struct Pass {
+    pub loss: f32,
+    pub logits: Vec<f32>,
+    /// One gradient per parameter tensor, same order and length as `Model::params`.
+    pub grads: Vec<Vec<f32>>,
+    /// Bytes of activations saved by the forward for the backward.
+    pub saved_bytes: usize,
+}
+
+/// Errors of a pass: bad batch shapes or labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassError(pub String);
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PassError {}
+
+struct Ctx<'m> {
+    model: &'m Model,
+    n: usize,
+    qw: Vec<Option<QWeights>>,
+    stats: Vec<Option<BatchStats>>,
+}
+
+impl Model {
+    fn check_batch(&self, images: &[u8], n: usize) -> Result<(), PassError> {
+        let s = self.graph.input_shape();
+        if n == 0 {
+            return Err(PassError("empty batch".into()));
+        }
+        if images.len() != n * s.len() {
+            return Err(PassError(format!(
+                "batch of {n} images needs {} bytes ({}x{}x{} each), got {}",
+                n * s.len(),
+                s.h,
+                s.w,
+                s.c,
+                images.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Eval-mode logits (`n x classes`) for `n` NHWC u8 images.
+    pub fn forward(&self, images: &[u8], n: usize) -> Result<Vec<f32>, PassError> {
+        self.check_batch(images, n)?;
+        let mut ctx = Ctx {
+            model: self,
+            n,
+            qw: self.quantize_weights(),
+            stats: vec![None; self.graph.nodes.len()],
+        };
+        let nodes = &self.graph.nodes;
+        // Free each value once its last consumer has run.
+        let mut last_use = vec![0usize; nodes.len()];
+        for (i, op) in nodes.iter().enumerate() {
+            for j in op.inputs() {
+                last_use[j] = i;
+            }
+        }
+        let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
+        for i in 0..nodes.len() {
+            let v = ctx.compute(i, &vals, images, Mode::Eval);
+            vals[i] = Some(v);
+            for j in nodes[i].inputs() {
+                if last_use[j] == i {
+                    vals[j] = None;
+                }
+            }
+        }
+        match vals.pop().flatten() {
+            Some(Value::F32(l)) => Ok(l),
+            _ => Err(PassError("graph produced no logits".into())),
+        }
+    }
+
+    /// Training pass: forward with batch statistics, weighted cross-entropy,
+    /// straight-through backward. BatchNorm running statistics are updated when
+    /// `update_running` is set. Parameters are not changed (see `optim`), except
+    /// that LSQ/DSQ activation ranges still at 0 are initialised from this batch.
+    pub fn train_pass(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+        update_running: bool,
+    ) -> Result<Pass, PassError> {
+        self.check_batch(images, n)?;
+        if t.labels.len() != n || t.weights.len() != n {
+            return Err(PassError(format!(
+                "{n} images but {} labels and {} weights",
+                t.labels.len(),
+                t.weights.len()
+            )));
+        }
+        if let Some(&bad) = t.labels.iter().find(|&&l| l as usize >= self.classes()) {
+            return Err(PassError(format!(
+                "label {bad} out of range for {} classes",
+                self.classes()
+            )));
+        }
+        if t.weights.iter().any(|w| !w.is_finite()) {
+            return Err(PassError("non-finite loss weight".into()));
+        }
+        self.init_activation_ranges(images, n);
+        let model: &Model = self;
+        let nodes = &model.graph.nodes;
+        let mut ctx = Ctx {
+            model,
+            n,
+            qw: model.quantize_weights(),
+            stats: vec![None; nodes.len()],
+        };
+        let mut last_use = vec![0usize; nodes.len()];
+        for (i, op) in nodes.iter().enumerate() {
+            for j in op.inputs() {
+                last_use[j] = i;
+            }
+        }
+        let is_checkpoint = |op: &Op| matches!(op, Op::Input { .. } | Op::Act { .. });
+        let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
+        let mut saved: Vec<Option<Value>> = vec![None; nodes.len()];
+        let mut running = Vec::new();
+        for i in 0..nodes.len() {
+            let v = ctx.compute(i, &vals, images, Mode::Train);
+            if let (Op::BatchNorm { .. }, Some(st)) = (&nodes[i], &ctx.stats[i]) {
+                running.push((i, st.clone()));
+            }
+            vals[i] = Some(v);
+            for j in nodes[i].inputs() {
+                if last_use[j] == i {
+                    let v = vals[j].take();
+                    if is_checkpoint(&nodes[j]) {
+                        saved[j] = v;
+                    }
+                }
+            }
+        }
+        let logits = match vals.pop().flatten() {
+            Some(Value::F32(l)) => l,
+            _ => return Err(PassError("graph produced no logits".into())),
+        };
+        let (loss_v, dlogits) = loss::weighted_ce(&logits, model.classes(), t.labels, t.weights);
+        let saved_bytes = saved.iter().flatten().map(Value::bytes).sum();
+        let grads = ctx.backward(saved, dlogits, images);
+        if update_running {
+            for (i, st) in running {
+                if let Slots::Bn { mean, var, .. } = self.slots[i] {
+                    let rows = n * self.shapes[i].h * self.shapes[i].w;
+                    let (rm, rv) = two_mut(&mut self.buffers, mean, var);
+                    bn::update_running(&st, rows, &mut rm.data, &mut rv.data);
+                }
+            }
+        }
+        Ok(Pass {
+            loss: loss_v,
+            logits,
+            grads,
+            saved_bytes,
+        })
+    }
+
+    /// Sets LSQ/DSQ activation ranges still at 0 from the current batch
+    /// (the data-dependent initialisation of those quantizers).
+    fn init_activation_ranges(&mut self, images: &[u8], n: usize) {
+        let scheme = self.graph.scheme;
+        if !matches!(scheme, QuantScheme::Lsq | QuantScheme::Dsq) {
+            return;
+        }
+        let pending: Vec<usize> = (0..self.graph.nodes.len())
+            .filter(|&i| matches!(self.slots[i], Slots::Act { q } if self.params[q].data[0] <= 0.0))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        // Run an eval-style forward with batch statistics, initialising each
+        // pending quantizer from its input as it is reached.
+        let nodes = self.graph.nodes.clone();
+        let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
+        let mut qw = self.quantize_weights();
+        for i in 0..nodes.len() {
+            if let (Op::Act { input, .. }, Slots::Act { q }) = (&nodes[i], self.slots[i].clone()) {
+                if let Some(Value::F32(x)) = &vals[*input] {
+                    act::init_from_batch(scheme, &mut self.params[q].data, x);
+                }
+            }
+            let mut ctx = Ctx {
+                model: self,
+                n,
+                qw: std::mem::take(&mut qw),
+                stats: vec![None; nodes.len()],
+            };
+            let v = ctx.compute(i, &vals, images, Mode::Train);
+            qw = ctx.qw;
+            vals[i] = Some(v);
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// A value as f32, borrowed when it already is one.
+    fn f32_of<'v>(&self, v: &'v Value, len: usize) -> Cow<'v, [f32]> {
+        match v {
+            Value::F32(x) => Cow::Borrowed(x),
+            other => Cow::Owned(conv::to_f32(other.as_conv_input(), len)),
+        }
+    }
+
+    fn geom(&self, i: usize) -> ConvGeom {
+        let m = self.model;
+        match &m.graph.nodes[i] {
+            Op::Conv {
+                input,
+                cout,
+                k,
+                stride,
+                pad,
+                ..
+            } => {
+                let x = m.shapes[*input];
+                ConvGeom {
+                    n: self.n,
+                    h: x.h,
+                    w: x.w,
+                    cin: x.c,
+                    cout: *cout,
+                    k: *k,
+                    stride: *stride,
+                    pad: *pad,
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    /// Computes node `i` from its inputs' values.
+    fn compute(&mut self, i: usize, vals: &[Option<Value>], images: &[u8], mode: Mode) -> Value {
+        let m = self.model;
+        let n = self.n;
+        let val = |j: usize| {
+            vals[j]
+                .as_ref()
+                .expect("input value computed before its consumer")
+        };
+        let len = |j: usize| n * m.shapes[j].len();
+        match &m.graph.nodes[i] {
+            Op::Input { .. } => Value::Pixels(images.to_vec()),
+            Op::Conv { input, .. } => {
+                let g = self.geom(i);
+                let w = self.qw[i].as_ref().expect("conv weights quantized").conv();
+                Value::F32(conv::forward(&g, val(*input).as_conv_input(), w))
+            }
+            Op::BatchNorm { input, .. } => {
+                let Slots::Bn {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                } = m.slots[i]
+                else {
+                    unreachable!()
+                };
+                let x = self.f32_of(val(*input), len(*input));
+                let (g, b) = (&m.params[gamma].data, &m.params[beta].data);
+                let st = match mode {
+                    Mode::Eval => bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data),
+                    Mode::Train => bn::batch_stats(&x, g.len()),
+                    Mode::Recompute => self.stats[i]
+                        .clone()
+                        .expect("batch statistics saved by the forward"),
+                };
+                let y = bn::apply(&x, g, b, &st);
+                if matches!(mode, Mode::Train) {
+                    self.stats[i] = Some(st);
+                }
+                Value::F32(y)
+            }
+            Op::Act { input, .. } => {
+                let Slots::Act { q } = m.slots[i] else {
+                    unreachable!()
+                };
+                let x = self.f32_of(val(*input), len(*input));
+                let scheme = m.graph.scheme;
+                if scheme == QuantScheme::None {
+                    Value::F32(x.iter().map(|v| v.max(0.0)).collect())
+                } else {
+                    let qp = &m.params[q].data;
+                    let mut packed = vec![0u8; x.len().div_ceil(2)];
+                    act::quantize_packed(scheme, qp, &x, &mut packed);
+                    Value::Codes {
+                        packed,
+                        scale: act::scale(scheme, qp),
+                    }
+                }
+            }
+            Op::Add { a, b } => {
+                let mut x = self.f32_of(val(*a), len(*a)).into_owned();
+                let y = self.f32_of(val(*b), len(*b));
+                x.iter_mut().zip(y.iter()).for_each(|(p, q)| *p += q);
+                Value::F32(x)
+            }
+            Op::GlobalAvgPool { input } => {
+                let s = m.shapes[*input];
+                let x = self.f32_of(val(*input), len(*input));
+                Value::F32(pool::gap_forward(&x, n, s.h * s.w, s.c))
+            }
+            Op::Linear { input, out, .. } => {
+                let Slots::Linear { b, cin, .. } = m.slots[i] else {
+                    unreachable!()
+                };
+                let x = self.f32_of(val(*input), len(*input));
+                let w = self.qw[i]
+                    .as_ref()
+                    .expect("linear weights quantized")
+                    .linear();
+                Value::F32(linear::forward(&x, n, cin, *out, w, &m.params[b].data))
+            }
+        }
+    }
+
+    /// Makes sure `vals[j]` holds node `j`'s value, recomputing it (and any missing
+    /// inputs) from the checkpoints.
+    fn ensure(&mut self, j: usize, vals: &mut Vec<Option<Value>>, images: &[u8]) {
+        if vals[j].is_some() {
+            return;
+        }
+        for k in self.model.graph.nodes[j].inputs() {
+            self.ensure(k, vals, images);
+        }
+        let v = self.compute(j, vals, images, Mode::Recompute);
+        vals[j] = Some(v);
+    }
+
+    fn backward(
+        &mut self,
+        mut vals: Vec<Option<Value>>,
+        dlogits: Vec<f32>,
+        images: &[u8],
+    ) -> Vec<Vec<f32>> {
+        let m = self.model;
+        let n = self.n;
+        let nodes = &m.graph.nodes;
+        let mut grads: Vec<Vec<f32>> = m.params.iter().map(|t| vec![0.0; t.data.len()]).collect();
+        let mut dnode: Vec<Option<Vec<f32>>> = vec![None; nodes.len()];
+        *dnode.last_mut().expect("non-empty graph") = Some(dlogits);
+        fn add_to(d: &mut Option<Vec<f32>>, g: Vec<f32>) {
+            match d {
+                Some(v) => v.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                None => *d = Some(g),
+            }
+        }
+        for i in (0..nodes.len()).rev() {
+            let Some(dy) = dnode[i].take() else {
+                vals[i] = None;
+                continue;
+            };
+            let len = |j: usize| n * m.shapes[j].len();
+            match &nodes[i] {
+                Op::Input { .. } => {}
+                Op::Linear { input, out, .. } => {
+                    let Slots::Linear {
+                        w,
+                        b,
+                        wq,
+                        kind,
+                        cin,
+                    } = m.slots[i].clone()
+                    else {
+                        unreachable!()
+                    };
+                    self.ensure(*input, &mut vals, images);
+                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
+                    let lw = self.qw[i].as_ref().unwrap().linear();
+                    let (dwq, db, dx) = linear::backward(&x, n, cin, *out, lw, &dy);
+                    let (gw, gq) = two_mut(&mut grads, w, wq);
+                    weight::backward(
+                        kind,
+                        &m.params[wq].data,
+                        &m.params[w].data,
+                        &dwq,
+                        *out,
+                        gw,
+                        gq,
+                    );
+                    grads[b].iter_mut().zip(&db).for_each(|(a, v)| *a += v);
+                    add_to(&mut dnode[*input], dx);
+                }
+                Op::GlobalAvgPool { input } => {
+                    let s = m.shapes[*input];
+                    add_to(
+                        &mut dnode[*input],
+                        pool::gap_backward(&dy, n, s.h * s.w, s.c),
+                    );
+                }
+                Op::Add { a, b } => {
+                    add_to(&mut dnode[*b], dy.clone());
+                    add_to(&mut dnode[*a], dy);
+                }
+                Op::Act { input, .. } => {
+                    let Slots::Act { q } = m.slots[i] else {
+                        unreachable!()
+                    };
+                    self.ensure(*input, &mut vals, images);
+                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
+                    let mut dx = vec![0.0f32; x.len()];
+                    let features = m.shapes[*input].len();
+                    act::backward(
+                        m.graph.scheme,
+                        &m.params[q].data,
+                        &x,
+                        &dy,
+                        &mut dx,
+                        &mut grads[q],
+                        features,
+                    );
+                    add_to(&mut dnode[*input], dx);
+                }
+                Op::BatchNorm { input, .. } => {
+                    let Slots::Bn { gamma, beta, .. } = m.slots[i] else {
+                        unreachable!()
+                    };
+                    self.ensure(*input, &mut vals, images);
+                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
+                    let st = self.stats[i].as_ref().expect("batch statistics saved");
+                    let (gg, gb) = two_mut(&mut grads, gamma, beta);
+                    let dx = bn::backward(&x, &dy, &m.params[gamma].data, st, gg, gb);
+                    add_to(&mut dnode[*input], dx);
+                }
+                Op::Conv { input, cout, .. } => {
+                    let Slots::Conv { w, wq, kind, .. } = m.slots[i].clone() else {
+                        unreachable!()
+                    };
+                    self.ensure(*input, &mut vals, images);
+                    let g = self.geom(i);
+                    let need_dx = !matches!(nodes[*input], Op::Input { .. });
+                    let cw = self.qw[i].as_ref().unwrap().conv();
+                    let (dwq, dx) = conv::backward(
+                        &g,
+                        vals[*input].as_ref().unwrap().as_conv_input(),
+                        cw,
+                        &dy,
+                        need_dx,
+                    );
+                    let (gw, gq) = two_mut(&mut grads, w, wq);
+                    weight::backward(
+                        kind,
+                        &m.params[wq].data,
+                        &m.params[w].data,
+                        &dwq,
+                        *cout,
+                        gw,
+                        gq,
+                    );
+                    if let Some(dx) = dx {
+                        add_to(&mut dnode[*input], dx);
+                    }
+                }
+            }
+            vals[i] = None;
+        }
+        grads
+    }
+}
+
+/// Two distinct mutable elements of a vector.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (x, y) = v.split_at_mut(b);
+        (&mut x[a], &mut y[0])
+    } else {
+        let (x, y) = v.split_at_mut(a);
+        (&mut y[0], &mut x[b])
+    }
+}

@@ -1,0 +1,132 @@
+//! BatchNorm over the channel (last) axis of NHWC rows, training and eval modes.
+//! Statistics accumulate in f64 so large batches of small values stay accurate.
+
+/// Epsilon added to the variance, as in PyTorch.
+pub const EPS: f32 = 1e-5;
+/// Running-statistics momentum, as in PyTorch.
+pub const MOMENTUM: f32 = 0.1;
+
+/// Batch statistics kept for the backward pass.
+#[derive(Clone, Debug)]
+pub struct BatchStats {
+    pub mean: Vec<f32>,
+    pub invstd: Vec<f32>,
+    /// Biased batch variance (for the running estimate).
+    pub var: Vec<f32>,
+}
+
+/// Per-channel mean and biased variance of `x` (`rows x c`).
+fn moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / c;
+    let mut s = vec![0.0f64; c];
+    for r in x.chunks(c) {
+        for (a, &v) in s.iter_mut().zip(r) {
+            *a += v as f64;
+        }
+    }
+    let mean: Vec<f64> = s.iter().map(|v| v / rows as f64).collect();
+    let mut q = vec![0.0f64; c];
+    for r in x.chunks(c) {
+        for ((a, &v), m) in q.iter_mut().zip(r).zip(&mean) {
+            let d = v as f64 - m;
+            *a += d * d;
+        }
+    }
+    let var = q.iter().map(|v| v / rows as f64).collect();
+    (mean, var)
+}
+
+/// Batch statistics of `x` (`rows x c`) for training-mode normalisation.
+pub fn batch_stats(x: &[f32], c: usize) -> BatchStats {
+    let (mean, var) = moments(x, c);
+    BatchStats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        invstd: var
+            .iter()
+            .map(|v| (1.0 / (v + EPS as f64).sqrt()) as f32)
+            .collect(),
+        var: var.iter().map(|&v| v as f32).collect(),
+    }
+}
+
+/// Moves running statistics towards a batch's (PyTorch semantics: the running
+/// variance takes the unbiased batch variance).
+pub fn update_running(
+    st: &BatchStats,
+    rows: usize,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+) {
+    let unbias = if rows > 1 {
+        rows as f32 / (rows - 1) as f32
+    } else {
+        1.0
+    };
+    for ch in 0..st.mean.len() {
+        running_mean[ch] = (1.0 - MOMENTUM) * running_mean[ch] + MOMENTUM * st.mean[ch];
+        running_var[ch] = (1.0 - MOMENTUM) * running_var[ch] + MOMENTUM * st.var[ch] * unbias;
+    }
+}
+
+/// `y = gamma * (x - mean) * invstd + beta`.
+pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32> {
+    let c = gamma.len();
+    let a: Vec<f32> = gamma.iter().zip(&st.invstd).map(|(g, i)| g * i).collect();
+    let b: Vec<f32> = beta
+        .iter()
+        .zip(&st.mean)
+        .zip(&a)
+        .map(|((be, m), a)| be - m * a)
+        .collect();
+    let mut y = Vec::with_capacity(x.len());
+    for r in x.chunks(c) {
+        y.extend(r.iter().zip(&a).zip(&b).map(|((&v, a), b)| v * a + b));
+    }
+    y
+}
+
+/// Eval-mode statistics from the running buffers.
+pub fn eval_stats(running_mean: &[f32], running_var: &[f32]) -> BatchStats {
+    BatchStats {
+        mean: running_mean.to_vec(),
+        invstd: running_var.iter().map(|v| 1.0 / (v + EPS).sqrt()).collect(),
+        var: running_var.to_vec(),
+    }
+}
+
+/// Training-mode backward: returns `dx` and adds into `dgamma`, `dbeta`.
+pub fn backward(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    st: &BatchStats,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Vec<f32> {
+    let c = gamma.len();
+    let rows = (x.len() / c) as f64;
+    let mut sdy = vec![0.0f64; c];
+    let mut sdyx = vec![0.0f64; c];
+    for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
+        for ch in 0..c {
+            let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
+            sdy[ch] += dr[ch] as f64;
+            sdyx[ch] += (dr[ch] * xhat) as f64;
+        }
+    }
+    for ch in 0..c {
+        dgamma[ch] += sdyx[ch] as f32;
+        dbeta[ch] += sdy[ch] as f32;
+    }
+    let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * st.invstd[ch]).collect();
+    let mdy: Vec<f32> = sdy.iter().map(|s| (s / rows) as f32).collect();
+    let mdyx: Vec<f32> = sdyx.iter().map(|s| (s / rows) as f32).collect();
+    let mut dx = Vec::with_capacity(x.len());
+    for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
+        for ch in 0..c {
+            let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
+            dx.push(k[ch] * (dr[ch] - mdy[ch] - xhat * mdyx[ch]));
+        }
+    }
+    dx
+}

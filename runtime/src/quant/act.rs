@@ -1,0 +1,206 @@
+//! Activation quantizers: ReLU + unsigned 4-bit quantization, codes 0..=15.
+//!
+//! Parameters live in the model's parameter store as a small vector per Act node:
+//! PACT `[a]` (clip), LSQ `[s]` (step), DSQ `[u, alpha]` (upper clip; the lower
+//! clip is fixed at 0 so that zero, and therefore convolution padding, stays
+//! exactly representable). The dequantized value of code `q` is `q * scale`.
+//!
+//! Backward (straight-through), per the method reference:
+//! * PACT: `dx = dy * 1[0 <= x <= a]`, `da = sum dy * 1[x >= a]` (plain PACT, no
+//!   rounding-residual term).
+//! * LSQ: `v = x/s`; `dx = dy` inside `[0, 15]`; `ds = g * sum dy * (round(v) - v)`
+//!   inside, `+ 15 dy` above, `0` below; `g = 1/sqrt(N * 15)`, N = features per sample.
+//! * DSQ: `dx`, `du` (via `D = u/15`), `dalpha` from the tanh soft quantizer
+//!   inside the range; above the range `du = dy`.
+
+use super::{dsq, round, round_small};
+use crate::graph::QuantScheme;
+
+/// Largest unsigned 4-bit code.
+pub const QMAX: f32 = 15.0;
+
+/// Number of learnable parameters of an Act node under `scheme`.
+pub fn param_count(scheme: QuantScheme) -> usize {
+    match scheme {
+        QuantScheme::None => 0,
+        QuantScheme::Pact | QuantScheme::Lsq => 1,
+        QuantScheme::Dsq => 2,
+    }
+}
+
+/// Initial parameters. LSQ's step and DSQ's range start at 0, meaning "set from
+/// the first training batch" ([`init_from_batch`]).
+pub fn initial_params(scheme: QuantScheme, pact_init: f32) -> Vec<f32> {
+    match scheme {
+        QuantScheme::None => vec![],
+        QuantScheme::Pact => vec![pact_init],
+        QuantScheme::Lsq => vec![0.0],
+        QuantScheme::Dsq => vec![0.0, 0.2],
+    }
+}
+
+/// Data-dependent initialisation on the first batch: LSQ `s = 2 mean|x| / sqrt(Q_P)`
+/// over the ReLU'd input; DSQ `u = 15 s` with the same `s`.
+pub fn init_from_batch(scheme: QuantScheme, q: &mut [f32], x: &[f32]) {
+    let needs = matches!(scheme, QuantScheme::Lsq | QuantScheme::Dsq) && q[0] <= 0.0;
+    if !needs || x.is_empty() {
+        return;
+    }
+    let mean = x.iter().map(|&v| v.max(0.0) as f64).sum::<f64>() / x.len() as f64;
+    let s = ((2.0 * mean / (QMAX as f64).sqrt()) as f32).max(1e-3);
+    q[0] = if scheme == QuantScheme::Lsq {
+        s
+    } else {
+        s * QMAX
+    };
+}
+
+/// Value of one code step.
+pub fn scale(scheme: QuantScheme, q: &[f32]) -> f32 {
+    match scheme {
+        QuantScheme::None => 1.0,
+        QuantScheme::Pact => q[0] / QMAX,
+        QuantScheme::Lsq => q[0],
+        QuantScheme::Dsq => q[0] / QMAX,
+    }
+}
+
+/// Code of one input. All three hard quantizers round `x / scale` to the nearest
+/// level and clip to 0..=15 (PACT clips `x` to `[0, a]` first, which is the same).
+#[inline(always)]
+pub fn code(x: f32, inv_scale: f32) -> u8 {
+    round_small((x * inv_scale).clamp(0.0, QMAX)) as u8
+}
+
+/// Quantizes `x` (NHWC, any length) into tightly packed 4-bit codes: element `e`
+/// is nibble `e % 2` of byte `e / 2` (low nibble first).
+pub fn quantize_packed(scheme: QuantScheme, q: &[f32], x: &[f32], out: &mut [u8]) {
+    let inv = 1.0 / scale(scheme, q);
+    assert!(out.len() >= x.len().div_ceil(2));
+    let mut pairs = x.chunks_exact(2);
+    for (o, p) in out.iter_mut().zip(&mut pairs) {
+        *o = code(p[0], inv) | (code(p[1], inv) << 4);
+    }
+    if let [last] = pairs.remainder() {
+        out[x.len() / 2] = code(*last, inv);
+    }
+}
+
+/// Backward of ReLU + quantizer at inputs `x` with output gradient `dy`: writes
+/// `dx` and adds parameter gradients into `dq`. `features` is N in LSQ's
+/// gradient scale (elements per sample).
+pub fn backward(
+    scheme: QuantScheme,
+    q: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dq: &mut [f32],
+    features: usize,
+) {
+    match scheme {
+        QuantScheme::None => {
+            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                *d = if xv > 0.0 { g } else { 0.0 };
+            }
+        }
+        QuantScheme::Pact => {
+            let a = q[0];
+            let mut da = 0.0f64;
+            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                *d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
+                if xv >= a {
+                    da += g as f64;
+                }
+            }
+            dq[0] += da as f32;
+        }
+        QuantScheme::Lsq => {
+            let s = q[0];
+            let inv = 1.0 / s;
+            let mut ds = 0.0f64;
+            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                let v = xv * inv;
+                if v < 0.0 {
+                    *d = 0.0;
+                } else if v > QMAX {
+                    *d = 0.0;
+                    ds += (g * QMAX) as f64;
+                } else {
+                    *d = g;
+                    ds += (g * (round(v) - v)) as f64;
+                }
+            }
+            let gscale = 1.0 / ((features as f64) * QMAX as f64).sqrt();
+            dq[0] += (ds * gscale) as f32;
+        }
+        QuantScheme::Dsq => {
+            let (u, alpha) = (q[0], q[1]);
+            let d = u / QMAX;
+            let (mut du, mut dalpha) = (0.0f64, 0.0f64);
+            for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                if xv < 0.0 {
+                    *dxv = 0.0;
+                } else if xv > u {
+                    *dxv = 0.0;
+                    du += g as f64;
+                } else {
+                    let sg = dsq::soft_grad(xv, d, 0.0, alpha);
+                    *dxv = g * sg.dx;
+                    du += (g * sg.dd / QMAX) as f64;
+                    dalpha += (g * sg.dalpha) as f64;
+                }
+            }
+            dq[0] += du as f32;
+            dq[1] += dalpha as f32;
+        }
+    }
+}
+
+/// Keeps parameters in their valid domain after an optimiser step.
+pub fn clamp_params(scheme: QuantScheme, q: &mut [f32]) {
+    match scheme {
+        QuantScheme::None => {}
+        QuantScheme::Pact | QuantScheme::Lsq => q[0] = q[0].max(1e-4),
+        QuantScheme::Dsq => {
+            q[0] = q[0].max(1e-4);
+            q[1] = q[1].clamp(1e-3, 0.499);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pact_codes_and_grads() {
+        let q = [3.0f32];
+        let x = [-1.0, 0.1, 1.5, 2.9, 3.0, 7.0];
+        let mut codes = [0u8; 3];
+        quantize_packed(QuantScheme::Pact, &q, &x, &mut codes);
+        let unpacked: Vec<u8> = (0..6)
+            .map(|e| qmul_kernels::pack::get_u4(&codes, e))
+            .collect();
+        assert_eq!(unpacked, vec![0, 0, 8, 14, 15, 15]);
+        let dy = [1.0f32; 6];
+        let mut dx = [0.0f32; 6];
+        let mut dq = [0.0f32];
+        backward(QuantScheme::Pact, &q, &x, &dy, &mut dx, &mut dq, 6);
+        assert_eq!(dx, [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]);
+        assert_eq!(dq[0], 2.0);
+    }
+
+    #[test]
+    fn lsq_step_gradient_follows_formula() {
+        let q = [0.5f32];
+        let x = [0.3f32, -0.2, 9.0];
+        let dy = [1.0f32, 1.0, 2.0];
+        let mut dx = [0.0f32; 3];
+        let mut dq = [0.0f32];
+        backward(QuantScheme::Lsq, &q, &x, &dy, &mut dx, &mut dq, 4);
+        let expect = ((1.0 - 0.6) + 0.0 + 2.0 * 15.0) / (4.0f32 * 15.0).sqrt();
+        assert!((dq[0] - expect).abs() < 1e-5);
+        assert_eq!(dx, [1.0, 0.0, 0.0]);
+    }
+}

@@ -1,0 +1,302 @@
+//! Argument types and bodies of the `qmul` subcommands.
+
+use crate::data::{self, Augment, Dataset};
+use crate::forget::{complement, ForgetSpec};
+use crate::train::{self, TrainConfig};
+use clap::Args;
+use qmul_models::{resnet, ResNetConfig};
+use qmul_runtime::{model_file, InitOptions, Model, Op, Precision, QuantScheme};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Data set: fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, subset.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    /// Architecture: resnet18 or resnet10.
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Channels of the first stage (64 = the paper's ResNet-18).
+    #[arg(long, default_value_t = 16)]
+    pub width: usize,
+    /// Quantization scheme: pact, lsq, dsq, or none (full precision).
+    #[arg(long, default_value = "pact")]
+    pub quant: String,
+    /// Bits of weights and activations (4 is what the kernels implement).
+    #[arg(long, default_value_t = 4)]
+    pub bits: u32,
+    /// Precision of the stem conv and the classifier: 8 or 32.
+    #[arg(long, default_value_t = 8)]
+    pub edge_bits: u32,
+    #[arg(long, default_value_t = 15)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Initial PACT clip value.
+    #[arg(long, default_value_t = 6.0)]
+    pub pact_init: f32,
+    /// Disable random-crop and flip augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Train on the rest only: random:FRAC:SEED, class:K or indices:FILE.
+    #[arg(long)]
+    pub exclude: Option<String>,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Output model file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from `<out>.ckpt` if it exists.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    pub file: PathBuf,
+}
+
+fn load_data(spec: &str) -> Result<(Dataset, Dataset), String> {
+    data::load(spec).map_err(|e| e.to_string())
+}
+
+pub fn train(a: TrainArgs) -> Result<(), String> {
+    let scheme = QuantScheme::parse(&a.quant)
+        .ok_or_else(|| format!("unknown --quant '{}' (pact, lsq, dsq, none)", a.quant))?;
+    if scheme != QuantScheme::None && a.bits != 4 {
+        return Err(format!(
+            "--bits {} is not supported: the packed kernels are 4-bit",
+            a.bits
+        ));
+    }
+    let edge = match a.edge_bits {
+        8 => Precision::Int8,
+        32 => Precision::F32,
+        b => return Err(format!("--edge-bits {b}: use 8 or 32")),
+    };
+    let (mut tr, te) = load_data(&a.data)?;
+    if let Some(l) = a.limit {
+        let idx: Vec<usize> = (0..l.min(tr.len())).collect();
+        tr = tr.subset(&idx);
+    }
+    let full_len = tr.len();
+    if let Some(ex) = &a.exclude {
+        let spec = ForgetSpec::parse(ex)?;
+        let removed = spec.indices(&tr)?;
+        tr = tr.subset(&complement(tr.len(), &removed));
+        eprintln!(
+            "excluding {} of {full_len} training images ({ex})",
+            removed.len()
+        );
+    }
+    let blocks = match a.arch.as_str() {
+        "resnet18" => [2, 2, 2, 2],
+        "resnet10" => [1, 1, 1, 1],
+        o => return Err(format!("unknown --arch '{o}' (resnet18, resnet10)")),
+    };
+    let [h, w, c] = tr.image_shape();
+    let cfg = ResNetConfig {
+        blocks,
+        width: a.width,
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        classes: tr.classes,
+        scheme,
+        edge_precision: edge,
+    };
+    let ck = train::checkpoint_path(&a.out);
+    let (mut model, start) = if a.resume && ck.exists() {
+        let m = model_file::load(&ck).map_err(|e| e.to_string())?;
+        let done: usize = m
+            .info
+            .get("epochs_done")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        eprintln!("resuming from {} after epoch {done}", ck.display());
+        (m, done)
+    } else {
+        let g = resnet(&cfg).map_err(|e| e.to_string())?;
+        (
+            Model::new(
+                g,
+                InitOptions {
+                    seed: a.seed,
+                    pact_init: a.pact_init,
+                },
+            )
+            .map_err(|e| e.to_string())?,
+            0,
+        )
+    };
+    let info = &mut model.info;
+    info.insert("arch".into(), cfg.arch_name());
+    info.insert("width".into(), a.width.to_string());
+    info.insert("data".into(), a.data.clone());
+    info.insert("train_images".into(), tr.len().to_string());
+    info.insert("exclude".into(), a.exclude.clone().unwrap_or_default());
+    info.insert(
+        "command".into(),
+        std::env::args().collect::<Vec<_>>().join(" "),
+    );
+    let tcfg = TrainConfig {
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        momentum: 0.9,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        augment: if a.no_augment {
+            None
+        } else {
+            Some(Augment::for_size(h, w))
+        },
+    };
+    println!(
+        "training {} width {} ({}, {} params) on {} images, {} epochs, batch {}, lr {}, kernels {}",
+        cfg.arch_name(),
+        a.width,
+        scheme.name(),
+        model.param_count(),
+        tr.len(),
+        a.epochs,
+        a.batch,
+        a.lr,
+        qmul_kernels::active().name
+    );
+    let reports = train::train(&mut model, &tr, Some(&te), &tcfg, start, Some(&ck), |r| {
+        println!(
+            "epoch {:>3}  loss {:.4}  train acc {:.2}%  test acc {:.2}%  {:.1}s  {:.0} img/s",
+            r.epoch,
+            r.loss,
+            r.train_acc,
+            r.test_acc.unwrap_or(f64::NAN),
+            r.seconds,
+            r.images_per_s
+        );
+    })?;
+    if let Some(r) = reports.last() {
+        model.info.insert(
+            "test_acc".into(),
+            format!("{:.2}", r.test_acc.unwrap_or(f64::NAN)),
+        );
+        model
+            .info
+            .insert("train_acc_last_epoch".into(), format!("{:.2}", r.train_acc));
+    }
+    model_file::save(&model, &a.out).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&ck);
+    println!("saved {}", a.out.display());
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<(), String> {
+    let model = model_file::load(&a.model).map_err(|e| e.to_string())?;
+    let (_, te) = load_data(&a.data)?;
+    check_compatible(&model, &te)?;
+    let acc = crate::eval::accuracy(&model, &te, None).map_err(|e| e.to_string())?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "test_acc": acc, "test_images": te.len(), "model": a.model.display().to_string() })
+        );
+    } else {
+        println!("test accuracy {acc:.2}% on {} images", te.len());
+    }
+    Ok(())
+}
+
+/// Rejects a data set whose image shape or class count the model cannot take.
+pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<(), String> {
+    let s = model.graph.input_shape();
+    if [s.h, s.w, s.c] != ds.image_shape() || model.classes() != ds.classes {
+        return Err(format!(
+            "model takes {}x{}x{} images and {} classes; data set '{}' has {:?} and {}",
+            s.h,
+            s.w,
+            s.c,
+            model.classes(),
+            ds.name,
+            ds.image_shape(),
+            ds.classes
+        ));
+    }
+    Ok(())
+}
+
+pub fn inspect(a: InspectArgs) -> Result<(), String> {
+    let model = model_file::load(&a.file).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(&a.file).map_err(|e| e.to_string())?.len();
+    let g = &model.graph;
+    let count = |f: fn(&Op) -> bool| g.nodes.iter().filter(|o| f(o)).count();
+    let s = g.input_shape();
+    println!("file          {}", a.file.display());
+    println!(
+        "architecture  {} (width {})",
+        model.info.get("arch").map(String::as_str).unwrap_or("?"),
+        model.info.get("width").map(String::as_str).unwrap_or("?")
+    );
+    println!(
+        "input         {}x{}x{} u8, value = pixel/255",
+        s.h, s.w, s.c
+    );
+    println!("classes       {}", g.classes);
+    println!(
+        "quantization  {} (4-bit weights and activations)",
+        g.scheme.name()
+    );
+    let precs: Vec<String> = g
+        .nodes
+        .iter()
+        .filter_map(|o| match o {
+            Op::Conv { name, prec, .. } | Op::Linear { name, prec, .. } => {
+                Some(format!("{name}:{prec:?}"))
+            }
+            _ => None,
+        })
+        .filter(|s| !s.ends_with("Int4"))
+        .collect();
+    println!(
+        "non-4-bit     {}",
+        if precs.is_empty() {
+            "none".into()
+        } else {
+            precs.join(", ")
+        }
+    );
+    println!(
+        "layers        {} conv, {} batchnorm, {} act, {} linear",
+        count(|o| matches!(o, Op::Conv { .. })),
+        count(|o| matches!(o, Op::BatchNorm { .. })),
+        count(|o| matches!(o, Op::Act { .. })),
+        count(|o| matches!(o, Op::Linear { .. }))
+    );
+    println!("parameters    {}", model.param_count());
+    println!(
+        "size on disk  {} bytes ({:.1} KiB)",
+        size,
+        size as f64 / 1024.0
+    );
+    for (k, v) in &model.info {
+        println!("info.{k:<9} {v}");
+    }
+    Ok(())
+}
