@@ -23,7 +23,7 @@ use crate::model::{Model, Slots};
 use crate::quant::weight::{self, WeightQuant};
 use qmul_kernels::pack;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const FORMAT: &str = "qmul";
@@ -151,27 +151,54 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
             Slots::None => {}
         }
     }
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    let mut meta = BTreeMap::new();
+    meta.insert("format", FORMAT.to_string());
+    meta.insert("format_version", FORMAT_VERSION.to_string());
     meta.insert(
-        "graph".to_string(),
+        "graph",
         serde_json::to_string(&model.graph).map_err(|e| ModelFileError::Invalid(e.to_string()))?,
     );
-    meta.insert("scheme".to_string(), model.graph.scheme.name().to_string());
-    meta.insert("nibble_order".to_string(), NIBBLE_ORDER.to_string());
-    meta.insert("input".to_string(), INPUT.to_string());
+    meta.insert("scheme", model.graph.scheme.name().to_string());
+    meta.insert("nibble_order", NIBBLE_ORDER.to_string());
+    meta.insert("input", INPUT.to_string());
     meta.insert(
-        "info".to_string(),
+        "info",
         serde_json::to_string(&model.info).map_err(|e| ModelFileError::Invalid(e.to_string()))?,
     );
-    let views: Vec<(String, TensorView)> = out
-        .iter()
-        .map(|(k, Out(d, s, b))| TensorView::new(*d, s.clone(), b).map(|v| (k.clone(), v)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ModelFileError::Invalid(e.to_string()))?;
-    safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| ModelFileError::Invalid(e.to_string()))
+    Ok(serialize(&meta, &out))
+}
+
+/// Writes the safetensors container with keys in sorted order, so that the same
+/// model always gives the same bytes (the safetensors crate's writer orders
+/// `__metadata__` by hash). Reading goes through the crate's validating parser.
+fn serialize(meta: &BTreeMap<&str, String>, tensors: &BTreeMap<String, Out>) -> Vec<u8> {
+    let dtype = |d: &Dtype| match d {
+        Dtype::U8 => "U8",
+        Dtype::I8 => "I8",
+        _ => "F32",
+    };
+    let mut header = serde_json::Map::new();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(meta).unwrap_or_default(),
+    );
+    let mut offset = 0usize;
+    for (name, Out(d, shape, bytes)) in tensors {
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype(d), "shape": shape, "data_offsets": [offset, offset + bytes.len()] }),
+        );
+        offset += bytes.len();
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + h.len() + offset);
+    out.extend_from_slice(&(h.len() as u64).to_le_bytes());
+    out.extend_from_slice(&h);
+    for Out(_, _, bytes) in tensors.values() {
+        out.extend_from_slice(bytes);
+    }
+    out
 }
 
 /// Writes `model` to `path` without ever leaving a partial file there: the bytes
