@@ -51,6 +51,18 @@ impl<'a> BMat<'a> {
         }
     }
 
+    /// Whether the storage holds `rows` rows of at least `cols` columns, so SIMD
+    /// kernels reading `B` through raw pointers stay inside it.
+    pub fn len_ok(&self, rows: usize, cols: usize) -> bool {
+        let need = |rs: usize, row_len: usize, len: usize| rs >= row_len && len >= (rows - 1) * rs + row_len;
+        match *self {
+            BMat::F32 { data, rs } => need(rs, cols, data.len()),
+            BMat::S8 { data, rs } => need(rs, cols, data.len()),
+            BMat::U8 { data, rs } => need(rs, cols, data.len()),
+            BMat::S4 { data, rs } | BMat::U4 { data, rs } => need(rs, cols.div_ceil(2), data.len()),
+        }
+    }
+
     /// The same matrix with its first `j0` columns dropped. For packed 4-bit
     /// encodings `j0` must be even (a whole byte).
     pub fn skip_cols(&self, j0: usize) -> BMat<'a> {
@@ -59,11 +71,11 @@ impl<'a> BMat<'a> {
             BMat::S8 { data, rs } => BMat::S8 { data: &data[j0..], rs },
             BMat::U8 { data, rs } => BMat::U8 { data: &data[j0..], rs },
             BMat::S4 { data, rs } => {
-                assert!(j0 % 2 == 0, "packed column offset must be even");
+                assert!(j0.is_multiple_of(2), "packed column offset must be even");
                 BMat::S4 { data: &data[j0 / 2..], rs }
             }
             BMat::U4 { data, rs } => {
-                assert!(j0 % 2 == 0, "packed column offset must be even");
+                assert!(j0.is_multiple_of(2), "packed column offset must be even");
                 BMat::U4 { data: &data[j0 / 2..], rs }
             }
         }
@@ -102,7 +114,7 @@ pub struct QGemm<'a> {
 
 impl QGemm<'_> {
     pub(crate) fn check(&self, c_len: usize) {
-        assert!(self.row_bytes % pack::ROW_ALIGN_BYTES == 0, "row_bytes not aligned");
+        assert!(self.row_bytes.is_multiple_of(pack::ROW_ALIGN_BYTES), "row_bytes not aligned");
         assert!(self.a.len() >= self.m * self.row_bytes, "A too short");
         assert!(self.b.len() >= self.n * self.row_bytes, "B too short");
         assert!(self.col_scale.len() >= self.n, "col_scale too short");
@@ -139,6 +151,9 @@ impl SGemm<'_> {
         if self.m > 0 && self.k > 0 {
             let last = (self.m - 1) * self.a_rs + (self.k - 1) * self.a_cs;
             assert!(self.a.len() > last, "A too short");
+        }
+        if self.k > 0 && self.n > 0 {
+            assert!(self.b.len_ok(self.k, self.n), "B too short");
         }
     }
 }

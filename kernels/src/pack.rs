@@ -34,7 +34,7 @@ pub const fn row_bytes_8bit(k: usize) -> usize {
 #[inline(always)]
 pub fn get_s4(row: &[u8], j: usize) -> i8 {
     let byte = row[j / 2];
-    let nib = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+    let nib = if j.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 };
     ((nib << 4) as i8) >> 4
 }
 
@@ -42,7 +42,7 @@ pub fn get_s4(row: &[u8], j: usize) -> i8 {
 #[inline(always)]
 pub fn get_u4(row: &[u8], j: usize) -> u8 {
     let byte = row[j / 2];
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         byte & 0x0f
     } else {
         byte >> 4
@@ -53,7 +53,7 @@ pub fn get_u4(row: &[u8], j: usize) -> u8 {
 #[inline(always)]
 pub fn set_nibble(row: &mut [u8], j: usize, code: u8) {
     let b = &mut row[j / 2];
-    if j % 2 == 0 {
+    if j.is_multiple_of(2) {
         *b = (*b & 0xf0) | (code & 0x0f);
     } else {
         *b = (*b & 0x0f) | ((code & 0x0f) << 4);

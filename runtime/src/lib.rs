@@ -9,6 +9,7 @@ pub mod model;
 pub mod model_file;
 pub mod ops;
 pub mod optim;
+pub mod par;
 pub mod quant;
 pub mod reference;
 pub mod rng;

@@ -15,23 +15,39 @@ pub struct BatchStats {
     pub var: Vec<f32>,
 }
 
+/// Per-channel sums of `f(row)` contributions over row ranges, one per thread.
+fn channel_sums(rows: usize, c: usize, f: impl Fn(usize, usize, &mut [f64]) + Sync) -> Vec<f64> {
+    let parts = crate::par::map(crate::par::ranges(rows, c), |(r0, r1)| {
+        let mut acc = vec![0.0f64; c];
+        f(r0, r1, &mut acc);
+        acc
+    });
+    let mut total = vec![0.0f64; c];
+    for p in parts {
+        total.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
 /// Per-channel mean and biased variance of `x` (`rows x c`).
 fn moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
-    let mut s = vec![0.0f64; c];
-    for r in x.chunks(c) {
-        for (a, &v) in s.iter_mut().zip(r) {
-            *a += v as f64;
+    let s = channel_sums(rows, c, |r0, r1, acc| {
+        for r in x[r0 * c..r1 * c].chunks(c) {
+            for (a, &v) in acc.iter_mut().zip(r) {
+                *a += v as f64;
+            }
         }
-    }
+    });
     let mean: Vec<f64> = s.iter().map(|v| v / rows as f64).collect();
-    let mut q = vec![0.0f64; c];
-    for r in x.chunks(c) {
-        for ((a, &v), m) in q.iter_mut().zip(r).zip(&mean) {
-            let d = v as f64 - m;
-            *a += d * d;
+    let q = channel_sums(rows, c, |r0, r1, acc| {
+        for r in x[r0 * c..r1 * c].chunks(c) {
+            for ((a, &v), m) in acc.iter_mut().zip(r).zip(&mean) {
+                let d = v as f64 - m;
+                *a += d * d;
+            }
         }
-    }
+    });
     let var = q.iter().map(|v| v / rows as f64).collect();
     (mean, var)
 }
@@ -78,10 +94,14 @@ pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32
         .zip(&a)
         .map(|((be, m), a)| be - m * a)
         .collect();
-    let mut y = Vec::with_capacity(x.len());
-    for r in x.chunks(c) {
-        y.extend(r.iter().zip(&a).zip(&b).map(|((&v, a), b)| v * a + b));
-    }
+    let mut y = vec![0.0f32; x.len()];
+    crate::par::map(crate::par::split_mut(&mut y, c), |(r0, part)| {
+        for (yr, xr) in part.chunks_mut(c).zip(x[r0 * c..].chunks(c)) {
+            for (((o, &v), a), b) in yr.iter_mut().zip(xr).zip(&a).zip(&b) {
+                *o = v * a + b;
+            }
+        }
+    });
     y
 }
 
@@ -105,15 +125,21 @@ pub fn backward(
 ) -> Vec<f32> {
     let c = gamma.len();
     let rows = (x.len() / c) as f64;
-    let mut sdy = vec![0.0f64; c];
-    let mut sdyx = vec![0.0f64; c];
-    for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
-        for ch in 0..c {
-            let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
-            sdy[ch] += dr[ch] as f64;
-            sdyx[ch] += (dr[ch] * xhat) as f64;
+    let nrows = x.len() / c;
+    let sdy = channel_sums(nrows, c, |r0, r1, acc| {
+        for dr in dy[r0 * c..r1 * c].chunks(c) {
+            for (a, &d) in acc.iter_mut().zip(dr) {
+                *a += d as f64;
+            }
         }
-    }
+    });
+    let sdyx = channel_sums(nrows, c, |r0, r1, acc| {
+        for (xr, dr) in x[r0 * c..r1 * c].chunks(c).zip(dy[r0 * c..r1 * c].chunks(c)) {
+            for ch in 0..c {
+                acc[ch] += (dr[ch] * (xr[ch] - st.mean[ch]) * st.invstd[ch]) as f64;
+            }
+        }
+    });
     for ch in 0..c {
         dgamma[ch] += sdyx[ch] as f32;
         dbeta[ch] += sdy[ch] as f32;
@@ -121,12 +147,16 @@ pub fn backward(
     let k: Vec<f32> = (0..c).map(|ch| gamma[ch] * st.invstd[ch]).collect();
     let mdy: Vec<f32> = sdy.iter().map(|s| (s / rows) as f32).collect();
     let mdyx: Vec<f32> = sdyx.iter().map(|s| (s / rows) as f32).collect();
-    let mut dx = Vec::with_capacity(x.len());
-    for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
-        for ch in 0..c {
-            let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
-            dx.push(k[ch] * (dr[ch] - mdy[ch] - xhat * mdyx[ch]));
+    let mut dx = vec![0.0f32; x.len()];
+    crate::par::map(crate::par::split_mut(&mut dx, c), |(r0, part)| {
+        for (i, o) in part.chunks_mut(c).enumerate() {
+            let r = r0 + i;
+            let (xr, dr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+            for ch in 0..c {
+                let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
+                o[ch] = k[ch] * (dr[ch] - mdy[ch] - xhat * mdyx[ch]);
+            }
         }
-    }
+    });
     dx
 }

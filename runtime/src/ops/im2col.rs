@@ -67,12 +67,36 @@ impl ConvGeom {
     }
 }
 
+/// Runs `f(sub_geometry, first_image, part)` on contiguous groups of images in
+/// parallel, `part` being those images' rows of `dst` (`row_len` elements each).
+fn per_images<T: Send>(g: &ConvGeom, dst: &mut [T], row_len: usize, f: impl Fn(&ConvGeom, usize, &mut [T]) + Sync) {
+    let per_img = g.oh() * g.ow() * row_len;
+    if per_img == 0 {
+        return;
+    }
+    crate::par::map(crate::par::split_mut(dst, per_img), |(b0, part)| {
+        let sub = ConvGeom { n: part.len() / per_img, ..*g };
+        f(&sub, b0, part)
+    });
+}
+
 /// Columns of tightly packed 4-bit codes (element `e` of the NHWC input is nibble
 /// `e % 2` of byte `e / 2`) as packed rows of [`pack::row_bytes_4bit`]`(kdim)` bytes.
 pub fn im2col_u4(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
     let rb = pack::row_bytes_4bit(g.kdim());
-    let c = g.cin;
     let mut dst = vec![0u8; g.m() * rb];
+    let img = g.h * g.w * g.cin;
+    if img % 2 == 0 {
+        per_images(g, &mut dst, rb, |sub, b0, part| im2col_u4_serial(sub, &src[b0 * img / 2..], part));
+    } else {
+        im2col_u4_serial(g, src, &mut dst);
+    }
+    dst
+}
+
+fn im2col_u4_serial(g: &ConvGeom, src: &[u8], dst: &mut [u8]) {
+    let rb = pack::row_bytes_4bit(g.kdim());
+    let c = g.cin;
     if c % 2 == 0 {
         let cb = c / 2;
         g.for_each_run(|row, tap, px, cnt| {
@@ -87,17 +111,19 @@ pub fn im2col_u4(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
             }
         });
     }
-    dst
 }
 
 /// Columns of 8-bit values as rows of [`pack::row_bytes_8bit`]`(kdim)` bytes.
 pub fn im2col_u8(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
     let rb = pack::row_bytes_8bit(g.kdim());
-    let c = g.cin;
     let mut dst = vec![0u8; g.m() * rb];
-    g.for_each_run(|row, tap, px, cnt| {
-        let d = row * rb + tap * c;
-        dst[d..d + cnt * c].copy_from_slice(&src[px * c..(px + cnt) * c]);
+    let img = g.h * g.w * g.cin;
+    per_images(g, &mut dst, rb, |sub, b0, part| {
+        let (c, src) = (sub.cin, &src[b0 * img..]);
+        sub.for_each_run(|row, tap, px, cnt| {
+            let d = row * rb + tap * c;
+            part[d..d + cnt * c].copy_from_slice(&src[px * c..(px + cnt) * c]);
+        });
     });
     dst
 }
@@ -105,25 +131,82 @@ pub fn im2col_u8(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
 /// Columns of f32 values as rows of `kdim` floats.
 pub fn im2col_f32(g: &ConvGeom, src: &[f32]) -> Vec<f32> {
     let kd = g.kdim();
-    let c = g.cin;
     let mut dst = vec![0.0f32; g.m() * kd];
-    g.for_each_run(|row, tap, px, cnt| {
-        let d = row * kd + tap * c;
-        dst[d..d + cnt * c].copy_from_slice(&src[px * c..(px + cnt) * c]);
+    let img = g.h * g.w * g.cin;
+    per_images(g, &mut dst, kd, |sub, b0, part| {
+        let (c, src) = (sub.cin, &src[b0 * img..]);
+        sub.for_each_run(|row, tap, px, cnt| {
+            let d = row * kd + tap * c;
+            part[d..d + cnt * c].copy_from_slice(&src[px * c..(px + cnt) * c]);
+        });
     });
     dst
 }
 
 /// Adjoint of im2col: adds each column entry back onto the input pixel it came from.
 pub fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, dx: &mut [f32]) {
-    let c = g.cin;
-    g.for_each_run(|row, tap, px, cnt| {
-        let s = row * ld + tap * c;
-        for (d, &v) in dx[px * c..(px + cnt) * c]
-            .iter_mut()
-            .zip(&cols[s..s + cnt * c])
-        {
-            *d += v;
-        }
+    let img = g.h * g.w * g.cin;
+    let rows_per_img = g.oh() * g.ow();
+    crate::par::map(crate::par::split_mut(dx, img), |(b0, part)| {
+        let sub = ConvGeom { n: part.len() / img, ..*g };
+        let cols = &cols[b0 * rows_per_img * ld..];
+        let c = sub.cin;
+        sub.for_each_run(|row, tap, px, cnt| {
+            let s = row * ld + tap * c;
+            for (d, &v) in part[px * c..(px + cnt) * c].iter_mut().zip(&cols[s..s + cnt * c]) {
+                *d += v;
+            }
+        });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Column entry (row, j) straight from the definition.
+    fn naive(g: &ConvGeom, x: &[f32], row: usize, j: usize) -> f32 {
+        let (oh, ow) = (g.oh(), g.ow());
+        let (b, oy, ox) = (row / (oh * ow), row / ow % oh, row % ow);
+        let (tap, ch) = (j / g.cin, j % g.cin);
+        let (ky, kx) = (tap / g.k, tap % g.k);
+        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+            return 0.0;
+        }
+        x[((b * g.h + iy as usize) * g.w + ix as usize) * g.cin + ch]
+    }
+
+    #[test]
+    fn im2col_variants_match_definition_and_col2im_is_adjoint() {
+        let mut r = crate::rng::Rng::new(5);
+        // Big enough to take the multithreaded paths; odd channel count included.
+        for &(n, h, cin, k, stride, pad) in &[(8, 16, 4, 3, 1, 1), (6, 15, 3, 3, 2, 1), (9, 14, 2, 1, 2, 0)] {
+            let g = ConvGeom { n, h, w: h, cin, cout: 1, k, stride, pad };
+            let len = n * h * h * cin;
+            let codes: Vec<u8> = (0..len).map(|_| r.below(16) as u8).collect();
+            let xf: Vec<f32> = codes.iter().map(|&c| c as f32).collect();
+            let packed = pack::pack_u4(&codes, 1, len);
+            let u4 = im2col_u4(&g, &packed);
+            let u8c = im2col_u8(&g, &codes);
+            let f = im2col_f32(&g, &xf);
+            let (rb4, rb8, kd) = (pack::row_bytes_4bit(g.kdim()), pack::row_bytes_8bit(g.kdim()), g.kdim());
+            for row in 0..g.m() {
+                for j in 0..kd {
+                    let want = naive(&g, &xf, row, j);
+                    assert_eq!(pack::get_u4(&u4[row * rb4..], j) as f32, want);
+                    assert_eq!(u8c[row * rb8 + j] as f32, want);
+                    assert_eq!(f[row * kd + j], want);
+                }
+            }
+            // <im2col(x), y> == <x, col2im(y)>
+            let y: Vec<f32> = (0..g.m() * kd).map(|_| r.uniform() as f32 - 0.5).collect();
+            let lhs: f64 = f.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let mut dx = vec![0.0f32; len];
+            col2im_add(&g, &y, kd, &mut dx);
+            let rhs: f64 = xf.iter().zip(&dx).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            assert!((lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        }
+    }
 }

@@ -77,6 +77,14 @@ pub fn code(x: f32, inv_scale: f32) -> u8 {
 pub fn quantize_packed(scheme: QuantScheme, q: &[f32], x: &[f32], out: &mut [u8]) {
     let inv = 1.0 / scale(scheme, q);
     assert!(out.len() >= x.len().div_ceil(2));
+    let n = x.len().div_ceil(2);
+    crate::par::map(crate::par::split_mut(&mut out[..n], 1), |(b0, o)| {
+        let end = (2 * (b0 + o.len())).min(x.len());
+        quantize_serial(inv, &x[2 * b0..end], o)
+    });
+}
+
+fn quantize_serial(inv: f32, x: &[f32], out: &mut [u8]) {
     let mut pairs = x.chunks_exact(2);
     for (o, p) in out.iter_mut().zip(&mut pairs) {
         *o = code(p[0], inv) | (code(p[1], inv) << 4);
