@@ -11,6 +11,8 @@ use crate::{QGemm, SGemm};
 use std::sync::OnceLock;
 
 pub mod scalar;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod sgemm_blocking;
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
