@@ -29,13 +29,28 @@ pub use cpu::{active, available, by_name, KernelSet};
 /// bytes for the packed 4-bit encodings.
 #[derive(Clone, Copy, Debug)]
 pub enum BMat<'a> {
-    F32 { data: &'a [f32], rs: usize },
-    S8 { data: &'a [i8], rs: usize },
-    U8 { data: &'a [u8], rs: usize },
+    F32 {
+        data: &'a [f32],
+        rs: usize,
+    },
+    S8 {
+        data: &'a [i8],
+        rs: usize,
+    },
+    U8 {
+        data: &'a [u8],
+        rs: usize,
+    },
     /// Signed 4-bit codes packed two per byte (nibble order in [`pack`]).
-    S4 { data: &'a [u8], rs: usize },
+    S4 {
+        data: &'a [u8],
+        rs: usize,
+    },
     /// Unsigned 4-bit codes packed two per byte.
-    U4 { data: &'a [u8], rs: usize },
+    U4 {
+        data: &'a [u8],
+        rs: usize,
+    },
 }
 
 impl<'a> BMat<'a> {
@@ -54,7 +69,9 @@ impl<'a> BMat<'a> {
     /// Whether the storage holds `rows` rows of at least `cols` columns, so SIMD
     /// kernels reading `B` through raw pointers stay inside it.
     pub fn len_ok(&self, rows: usize, cols: usize) -> bool {
-        let need = |rs: usize, row_len: usize, len: usize| rs >= row_len && len >= (rows - 1) * rs + row_len;
+        let need = |rs: usize, row_len: usize, len: usize| {
+            rs >= row_len && len >= (rows - 1) * rs + row_len
+        };
         match *self {
             BMat::F32 { data, rs } => need(rs, cols, data.len()),
             BMat::S8 { data, rs } => need(rs, cols, data.len()),
@@ -67,16 +84,31 @@ impl<'a> BMat<'a> {
     /// encodings `j0` must be even (a whole byte).
     pub fn skip_cols(&self, j0: usize) -> BMat<'a> {
         match *self {
-            BMat::F32 { data, rs } => BMat::F32 { data: &data[j0..], rs },
-            BMat::S8 { data, rs } => BMat::S8 { data: &data[j0..], rs },
-            BMat::U8 { data, rs } => BMat::U8 { data: &data[j0..], rs },
+            BMat::F32 { data, rs } => BMat::F32 {
+                data: &data[j0..],
+                rs,
+            },
+            BMat::S8 { data, rs } => BMat::S8 {
+                data: &data[j0..],
+                rs,
+            },
+            BMat::U8 { data, rs } => BMat::U8 {
+                data: &data[j0..],
+                rs,
+            },
             BMat::S4 { data, rs } => {
                 assert!(j0.is_multiple_of(2), "packed column offset must be even");
-                BMat::S4 { data: &data[j0 / 2..], rs }
+                BMat::S4 {
+                    data: &data[j0 / 2..],
+                    rs,
+                }
             }
             BMat::U4 { data, rs } => {
                 assert!(j0.is_multiple_of(2), "packed column offset must be even");
-                BMat::U4 { data: &data[j0 / 2..], rs }
+                BMat::U4 {
+                    data: &data[j0 / 2..],
+                    rs,
+                }
             }
         }
     }
@@ -84,11 +116,26 @@ impl<'a> BMat<'a> {
     /// The same matrix starting at row `r0`.
     pub fn skip_rows(&self, r0: usize) -> BMat<'a> {
         match *self {
-            BMat::F32 { data, rs } => BMat::F32 { data: &data[r0 * rs..], rs },
-            BMat::S8 { data, rs } => BMat::S8 { data: &data[r0 * rs..], rs },
-            BMat::U8 { data, rs } => BMat::U8 { data: &data[r0 * rs..], rs },
-            BMat::S4 { data, rs } => BMat::S4 { data: &data[r0 * rs..], rs },
-            BMat::U4 { data, rs } => BMat::U4 { data: &data[r0 * rs..], rs },
+            BMat::F32 { data, rs } => BMat::F32 {
+                data: &data[r0 * rs..],
+                rs,
+            },
+            BMat::S8 { data, rs } => BMat::S8 {
+                data: &data[r0 * rs..],
+                rs,
+            },
+            BMat::U8 { data, rs } => BMat::U8 {
+                data: &data[r0 * rs..],
+                rs,
+            },
+            BMat::S4 { data, rs } => BMat::S4 {
+                data: &data[r0 * rs..],
+                rs,
+            },
+            BMat::U4 { data, rs } => BMat::U4 {
+                data: &data[r0 * rs..],
+                rs,
+            },
         }
     }
 }
@@ -114,7 +161,10 @@ pub struct QGemm<'a> {
 
 impl QGemm<'_> {
     pub(crate) fn check(&self, c_len: usize) {
-        assert!(self.row_bytes.is_multiple_of(pack::ROW_ALIGN_BYTES), "row_bytes not aligned");
+        assert!(
+            self.row_bytes.is_multiple_of(pack::ROW_ALIGN_BYTES),
+            "row_bytes not aligned"
+        );
         assert!(self.a.len() >= self.m * self.row_bytes, "A too short");
         assert!(self.b.len() >= self.n * self.row_bytes, "B too short");
         assert!(self.col_scale.len() >= self.n, "col_scale too short");

@@ -34,7 +34,11 @@ pub const fn row_bytes_8bit(k: usize) -> usize {
 #[inline(always)]
 pub fn get_s4(row: &[u8], j: usize) -> i8 {
     let byte = row[j / 2];
-    let nib = if j.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 };
+    let nib = if j.is_multiple_of(2) {
+        byte & 0x0f
+    } else {
+        byte >> 4
+    };
     ((nib << 4) as i8) >> 4
 }
 

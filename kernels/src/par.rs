@@ -1,8 +1,10 @@
 //! Splitting one GEMM across the machine's cores.
 //!
 //! Work is split into contiguous blocks of output rows when there are enough
-//! rows, otherwise into blocks of output columns (the weight-gradient GEMMs have
-//! few rows: one per output channel). Threads come from `std::thread::scope`, one
+//! rows. The weight-gradient GEMMs have few rows (one per output channel) and a
+//! long reduction (every pixel of the batch): those split the reduction into
+//! private partial sums that are added at the end. Other few-row problems split
+//! the output columns. Threads come from `std::thread::scope`, one
 //! per block; the count is `QMUL_THREADS` or the available parallelism. Small
 //! problems run on the calling thread, where spawning would cost more than it saves.
 
@@ -21,7 +23,11 @@ pub fn threads() -> usize {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .filter(|&t| t > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
     })
 }
 
@@ -49,10 +55,18 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
         std::thread::scope(|s| {
             let mut rest = c;
             for &(i0, i1) in &rs {
-                let len = if i1 == p.m { rest.len() } else { (i1 - i0) * p.ldc };
+                let len = if i1 == p.m {
+                    rest.len()
+                } else {
+                    (i1 - i0) * p.ldc
+                };
                 let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
                 rest = tail;
-                let q = QGemm { m: i1 - i0, a: &p.a[i0 * p.row_bytes..], ..*p };
+                let q = QGemm {
+                    m: i1 - i0,
+                    a: &p.a[i0 * p.row_bytes..],
+                    ..*p
+                };
                 s.spawn(move || f(&q, mine));
             }
         });
@@ -67,7 +81,8 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
                     let mut buf = vec![0.0f32; p.m * nj];
                     if p.accumulate {
                         for i in 0..p.m {
-                            buf[i * nj..(i + 1) * nj].copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
+                            buf[i * nj..(i + 1) * nj]
+                                .copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
                         }
                     }
                     let q = QGemm {
@@ -83,7 +98,9 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("kernel thread panicked")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("kernel thread panicked"))
+                .collect()
         });
         for (&(j0, j1), buf) in rs.iter().zip(parts) {
             let nj = j1 - j0;
@@ -106,13 +123,61 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
         std::thread::scope(|s| {
             let mut rest = c;
             for &(i0, i1) in &rs {
-                let len = if i1 == p.m { rest.len() } else { (i1 - i0) * p.ldc };
+                let len = if i1 == p.m {
+                    rest.len()
+                } else {
+                    (i1 - i0) * p.ldc
+                };
                 let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
                 rest = tail;
-                let q = SGemm { m: i1 - i0, a: &p.a[i0 * p.a_rs..], ..*p };
+                let q = SGemm {
+                    m: i1 - i0,
+                    a: &p.a[i0 * p.a_rs..],
+                    ..*p
+                };
                 s.spawn(move || f(&q, mine));
             }
         });
+    } else if p.k >= 8 * p.n.max(p.m) {
+        // Few rows and a long reduction (weight gradients: k = pixels of the
+        // batch): split the reduction, each thread summing into a private C, then
+        // add the partial sums. Every thread streams only its share of A and B.
+        let rs = ranges(p.k, t, 1);
+        let (m, n) = (p.m, p.n);
+        let parts: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let hs: Vec<_> = rs
+                .iter()
+                .map(|&(r0, r1)| {
+                    let q = SGemm {
+                        k: r1 - r0,
+                        a: &p.a[r0 * p.a_cs..],
+                        b: p.b.skip_rows(r0),
+                        beta: 0.0,
+                        ldc: n,
+                        ..*p
+                    };
+                    s.spawn(move || {
+                        let mut buf = vec![0.0f32; m * n];
+                        f(&q, &mut buf);
+                        buf
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("kernel thread panicked"))
+                .collect()
+        });
+        for i in 0..m {
+            let row = &mut c[i * p.ldc..i * p.ldc + n];
+            for (j, v) in row.iter_mut().enumerate() {
+                let sum: f32 = parts.iter().map(|b| b[i * n + j]).sum();
+                *v = if p.beta == 0.0 {
+                    sum
+                } else {
+                    sum + p.beta * *v
+                };
+            }
+        }
     } else {
         // Columns in multiples of 32 keep packed 4-bit offsets on whole bytes.
         let rs = ranges(p.n, t, 32);
@@ -124,17 +189,25 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
                     let mut buf = vec![0.0f32; p.m * nj];
                     if p.beta != 0.0 {
                         for i in 0..p.m {
-                            buf[i * nj..(i + 1) * nj].copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
+                            buf[i * nj..(i + 1) * nj]
+                                .copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
                         }
                     }
-                    let q = SGemm { n: nj, b: p.b.skip_cols(j0), ldc: nj, ..*p };
+                    let q = SGemm {
+                        n: nj,
+                        b: p.b.skip_cols(j0),
+                        ldc: nj,
+                        ..*p
+                    };
                     s.spawn(move || {
                         f(&q, &mut buf);
                         buf
                     })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().expect("kernel thread panicked")).collect()
+            hs.into_iter()
+                .map(|h| h.join().expect("kernel thread panicked"))
+                .collect()
         });
         for (&(j0, j1), buf) in rs.iter().zip(parts) {
             let nj = j1 - j0;

@@ -540,9 +540,9 @@ fn sgemm_thread_split_matches_scalar() {
         qmul_kernels::active().name
     );
     let mut rng = Rng(0x5eed_0004);
-    // Row split (m >= 8 * threads), then column split (fewer rows, columns in
-    // blocks of 32).
-    let shapes = [(8 * t + 5, 70, 600), (3, 200, 600)];
+    // Row split (m >= 8 * threads), column split (fewer rows, columns in
+    // blocks of 32), reduction split (few rows, k >= 8 * max(m, n)).
+    let shapes = [(8 * t + 5, 70, 600), (3, 200, 600), (5, 40, 4001)];
     for shape in shapes {
         assert!(
             shape.0 * shape.1 * shape.2 >= MIN_PARALLEL_MACS,

@@ -9,14 +9,19 @@ const MIN_ITEMS_PER_THREAD: usize = 1 << 14;
 /// How many threads to use for `items` units of `weight` elements each.
 fn parts(units: usize, weight: usize) -> usize {
     let t = qmul_kernels::par::threads();
-    (units * weight / MIN_ITEMS_PER_THREAD).clamp(1, t).min(units.max(1))
+    (units * weight / MIN_ITEMS_PER_THREAD)
+        .clamp(1, t)
+        .min(units.max(1))
 }
 
 /// Splits `0..units` into contiguous ranges, one per thread.
 pub fn ranges(units: usize, weight: usize) -> Vec<(usize, usize)> {
     let p = parts(units, weight);
     let chunk = units.div_ceil(p).max(1);
-    (0..units).step_by(chunk).map(|s| (s, (s + chunk).min(units))).collect()
+    (0..units)
+        .step_by(chunk)
+        .map(|s| (s, (s + chunk).min(units)))
+        .collect()
 }
 
 /// Splits `data` (made of `unit`-element units) into contiguous chunks of whole
@@ -26,7 +31,11 @@ pub fn split_mut<T>(data: &mut [T], unit: usize) -> Vec<(usize, &mut [T])> {
     let mut out = Vec::new();
     let mut rest = data;
     for (s, e) in ranges(units, unit) {
-        let len = if e == units { rest.len() } else { (e - s) * unit };
+        let len = if e == units {
+            rest.len()
+        } else {
+            (e - s) * unit
+        };
         let (a, b) = rest.split_at_mut(len);
         out.push((s, a));
         rest = b;
@@ -46,7 +55,10 @@ pub fn map<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R>
         let last = items.pop().expect("at least two items");
         let hs: Vec<_> = items.into_iter().map(|it| s.spawn(move || f(it))).collect();
         let r_last = f(last);
-        let mut out: Vec<R> = hs.into_iter().map(|h| h.join().expect("worker thread panicked")).collect();
+        let mut out: Vec<R> = hs
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect();
         out.push(r_last);
         out
     })
@@ -59,7 +71,9 @@ mod tests {
         let mut v: Vec<usize> = vec![0; 100_003];
         let parts = super::split_mut(&mut v, 1);
         let starts: Vec<usize> = parts.iter().map(|p| p.0).collect();
-        super::map(parts, |(s, c)| c.iter_mut().enumerate().for_each(|(i, x)| *x = s + i));
+        super::map(parts, |(s, c)| {
+            c.iter_mut().enumerate().for_each(|(i, x)| *x = s + i)
+        });
         assert!(v.iter().enumerate().all(|(i, &x)| i == x));
         assert_eq!(starts[0], 0);
     }

@@ -66,7 +66,9 @@ pub fn by_name(name: &str) -> Result<&'static KernelSet, String> {
             "unknown kernel variant '{name}' (compiled in: {})",
             all.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
         )),
-        Some(k) if !(k.detect)() => Err(format!("kernel variant '{name}' is not supported by this CPU")),
+        Some(k) if !(k.detect)() => Err(format!(
+            "kernel variant '{name}' is not supported by this CPU"
+        )),
         Some(k) => Ok(*k),
     }
 }

@@ -26,7 +26,9 @@ pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
         let a = &p.a[i * p.row_bytes..(i + 1) * p.row_bytes];
         for j in 0..p.n {
             let b = &p.b[j * p.row_bytes..(j + 1) * p.row_bytes];
-            let acc: i32 = (0..kc).map(|k| get_u4(a, k) as i32 * get_s4(b, k) as i32).sum();
+            let acc: i32 = (0..kc)
+                .map(|k| get_u4(a, k) as i32 * get_s4(b, k) as i32)
+                .sum();
             store(p, c, i, j, acc);
         }
     }
@@ -38,7 +40,11 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
         let a = &p.a[i * p.row_bytes..(i + 1) * p.row_bytes];
         for j in 0..p.n {
             let b = &p.b[j * p.row_bytes..(j + 1) * p.row_bytes];
-            let acc: i32 = a.iter().zip(b).map(|(&x, &w)| x as i32 * (w as i8) as i32).sum();
+            let acc: i32 = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &w)| x as i32 * (w as i8) as i32)
+                .sum();
             store(p, c, i, j, acc);
         }
     }
@@ -53,7 +59,11 @@ pub fn sgemm(p: &SGemm, c: &mut [f32]) {
                 acc += p.a[i * p.a_rs + r * p.a_cs] * p.b.get(r, j);
             }
             let dst = &mut c[i * p.ldc + j];
-            *dst = if p.beta == 0.0 { p.alpha * acc } else { p.alpha * acc + p.beta * *dst };
+            *dst = if p.beta == 0.0 {
+                p.alpha * acc
+            } else {
+                p.alpha * acc + p.beta * *dst
+            };
         }
     }
 }

@@ -134,7 +134,10 @@ pub fn backward(
         }
     });
     let sdyx = channel_sums(nrows, c, |r0, r1, acc| {
-        for (xr, dr) in x[r0 * c..r1 * c].chunks(c).zip(dy[r0 * c..r1 * c].chunks(c)) {
+        for (xr, dr) in x[r0 * c..r1 * c]
+            .chunks(c)
+            .zip(dy[r0 * c..r1 * c].chunks(c))
+        {
             for ch in 0..c {
                 acc[ch] += (dr[ch] * (xr[ch] - st.mean[ch]) * st.invstd[ch]) as f64;
             }

@@ -69,13 +69,21 @@ impl ConvGeom {
 
 /// Runs `f(sub_geometry, first_image, part)` on contiguous groups of images in
 /// parallel, `part` being those images' rows of `dst` (`row_len` elements each).
-fn per_images<T: Send>(g: &ConvGeom, dst: &mut [T], row_len: usize, f: impl Fn(&ConvGeom, usize, &mut [T]) + Sync) {
+fn per_images<T: Send>(
+    g: &ConvGeom,
+    dst: &mut [T],
+    row_len: usize,
+    f: impl Fn(&ConvGeom, usize, &mut [T]) + Sync,
+) {
     let per_img = g.oh() * g.ow() * row_len;
     if per_img == 0 {
         return;
     }
     crate::par::map(crate::par::split_mut(dst, per_img), |(b0, part)| {
-        let sub = ConvGeom { n: part.len() / per_img, ..*g };
+        let sub = ConvGeom {
+            n: part.len() / per_img,
+            ..*g
+        };
         f(&sub, b0, part)
     });
 }
@@ -86,8 +94,10 @@ pub fn im2col_u4(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
     let rb = pack::row_bytes_4bit(g.kdim());
     let mut dst = vec![0u8; g.m() * rb];
     let img = g.h * g.w * g.cin;
-    if img % 2 == 0 {
-        per_images(g, &mut dst, rb, |sub, b0, part| im2col_u4_serial(sub, &src[b0 * img / 2..], part));
+    if img.is_multiple_of(2) {
+        per_images(g, &mut dst, rb, |sub, b0, part| {
+            im2col_u4_serial(sub, &src[b0 * img / 2..], part)
+        });
     } else {
         im2col_u4_serial(g, src, &mut dst);
     }
@@ -97,7 +107,7 @@ pub fn im2col_u4(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
 fn im2col_u4_serial(g: &ConvGeom, src: &[u8], dst: &mut [u8]) {
     let rb = pack::row_bytes_4bit(g.kdim());
     let c = g.cin;
-    if c % 2 == 0 {
+    if c.is_multiple_of(2) {
         let cb = c / 2;
         g.for_each_run(|row, tap, px, cnt| {
             let d = row * rb + tap * cb;
@@ -148,12 +158,18 @@ pub fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, dx: &mut [f32]) {
     let img = g.h * g.w * g.cin;
     let rows_per_img = g.oh() * g.ow();
     crate::par::map(crate::par::split_mut(dx, img), |(b0, part)| {
-        let sub = ConvGeom { n: part.len() / img, ..*g };
+        let sub = ConvGeom {
+            n: part.len() / img,
+            ..*g
+        };
         let cols = &cols[b0 * rows_per_img * ld..];
         let c = sub.cin;
         sub.for_each_run(|row, tap, px, cnt| {
             let s = row * ld + tap * c;
-            for (d, &v) in part[px * c..(px + cnt) * c].iter_mut().zip(&cols[s..s + cnt * c]) {
+            for (d, &v) in part[px * c..(px + cnt) * c]
+                .iter_mut()
+                .zip(&cols[s..s + cnt * c])
+            {
                 *d += v;
             }
         });
@@ -182,8 +198,21 @@ mod tests {
     fn im2col_variants_match_definition_and_col2im_is_adjoint() {
         let mut r = crate::rng::Rng::new(5);
         // Big enough to take the multithreaded paths; odd channel count included.
-        for &(n, h, cin, k, stride, pad) in &[(8, 16, 4, 3, 1, 1), (6, 15, 3, 3, 2, 1), (9, 14, 2, 1, 2, 0)] {
-            let g = ConvGeom { n, h, w: h, cin, cout: 1, k, stride, pad };
+        for &(n, h, cin, k, stride, pad) in &[
+            (8, 16, 4, 3, 1, 1),
+            (6, 15, 3, 3, 2, 1),
+            (9, 14, 2, 1, 2, 0),
+        ] {
+            let g = ConvGeom {
+                n,
+                h,
+                w: h,
+                cin,
+                cout: 1,
+                k,
+                stride,
+                pad,
+            };
             let len = n * h * h * cin;
             let codes: Vec<u8> = (0..len).map(|_| r.below(16) as u8).collect();
             let xf: Vec<f32> = codes.iter().map(|&c| c as f32).collect();
@@ -191,7 +220,11 @@ mod tests {
             let u4 = im2col_u4(&g, &packed);
             let u8c = im2col_u8(&g, &codes);
             let f = im2col_f32(&g, &xf);
-            let (rb4, rb8, kd) = (pack::row_bytes_4bit(g.kdim()), pack::row_bytes_8bit(g.kdim()), g.kdim());
+            let (rb4, rb8, kd) = (
+                pack::row_bytes_4bit(g.kdim()),
+                pack::row_bytes_8bit(g.kdim()),
+                g.kdim(),
+            );
             for row in 0..g.m() {
                 for j in 0..kd {
                     let want = naive(&g, &xf, row, j);
@@ -202,11 +235,22 @@ mod tests {
             }
             // <im2col(x), y> == <x, col2im(y)>
             let y: Vec<f32> = (0..g.m() * kd).map(|_| r.uniform() as f32 - 0.5).collect();
-            let lhs: f64 = f.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let lhs: f64 = f
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
             let mut dx = vec![0.0f32; len];
             col2im_add(&g, &y, kd, &mut dx);
-            let rhs: f64 = xf.iter().zip(&dx).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
-            assert!((lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+            let rhs: f64 = xf
+                .iter()
+                .zip(&dx)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
         }
     }
 }
