@@ -181,7 +181,11 @@ pub fn backward(
         ),
         ConvWeights::F32(wf) => (BMat::F32 { data: wf, rs: kd }, dy.to_vec()),
     };
-    let mut cols = vec![0.0f32; m * kd];
+    // The column gradient is the largest write of a step: give the GEMM a
+    // 64-byte-aligned output so full-width vector stores never split cache lines.
+    let mut buf = vec![0.0f32; m * kd + 16];
+    let off = buf.as_ptr().align_offset(64).min(16);
+    let cols = &mut buf[off..off + m * kd];
     let p = SGemm {
         m,
         n: kd,
@@ -194,9 +198,9 @@ pub fn backward(
         beta: 0.0,
         ldc: kd,
     };
-    qmul_kernels::sgemm(&p, &mut cols);
+    qmul_kernels::sgemm(&p, cols);
     let mut dx = vec![0.0f32; g.n * g.h * g.w * g.cin];
-    col2im_add(g, &cols, kd, &mut dx);
+    col2im_add(g, cols, kd, &mut dx);
     (dw, Some(dx))
 }
 
