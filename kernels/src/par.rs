@@ -44,6 +44,71 @@ fn ranges(len: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
     v
 }
 
+/// Runs `f(i0, i1, rows)` on contiguous blocks of C's rows, one thread each.
+fn split_rows(
+    m: usize,
+    ldc: usize,
+    c: &mut [f32],
+    t: usize,
+    f: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    let f = &f;
+    std::thread::scope(|s| {
+        let mut rest = c;
+        for (i0, i1) in ranges(m, t, 1) {
+            let len = if i1 == m { rest.len() } else { (i1 - i0) * ldc };
+            let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
+            rest = tail;
+            s.spawn(move || f(i0, i1, mine));
+        }
+    });
+}
+
+/// Runs `f(part, buf)` for each part on its own thread, `buf` being a private
+/// zeroed (or, with `init`, pre-filled) `rows x cols(part)` output, and returns
+/// the buffers in order. Used where the threads' outputs would interleave in C.
+fn private_outputs(
+    parts: &[(usize, usize)],
+    rows: usize,
+    cols: impl Fn((usize, usize)) -> usize,
+    init: impl Fn((usize, usize), &mut [f32]),
+    f: impl Fn((usize, usize), &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let hs: Vec<_> = parts
+            .iter()
+            .map(|&part| {
+                let mut buf = vec![0.0f32; rows * cols(part)];
+                init(part, &mut buf);
+                s.spawn(move || {
+                    f(part, &mut buf);
+                    buf
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("kernel thread panicked"))
+            .collect()
+    })
+}
+
+/// Copies C's columns `j0..j1` into a `m x (j1 - j0)` buffer.
+fn read_cols(c: &[f32], ldc: usize, m: usize, (j0, j1): (usize, usize), buf: &mut [f32]) {
+    let nj = j1 - j0;
+    for i in 0..m {
+        buf[i * nj..(i + 1) * nj].copy_from_slice(&c[i * ldc + j0..i * ldc + j1]);
+    }
+}
+
+/// Copies a `m x (j1 - j0)` buffer into C's columns `j0..j1`.
+fn write_cols(c: &mut [f32], ldc: usize, m: usize, (j0, j1): (usize, usize), buf: &[f32]) {
+    let nj = j1 - j0;
+    for i in 0..m {
+        c[i * ldc + j0..i * ldc + j1].copy_from_slice(&buf[i * nj..(i + 1) * nj]);
+    }
+}
+
 pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
     let t = threads();
     let macs = p.m * p.n * p.row_bytes * 2;
@@ -51,62 +116,42 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
         return f(p, c);
     }
     if p.m >= 2 * t {
-        let rs = ranges(p.m, t, 1);
-        std::thread::scope(|s| {
-            let mut rest = c;
-            for &(i0, i1) in &rs {
-                let len = if i1 == p.m {
-                    rest.len()
-                } else {
-                    (i1 - i0) * p.ldc
-                };
-                let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
-                rest = tail;
-                let q = QGemm {
+        split_rows(p.m, p.ldc, c, t, |i0, i1, rows| {
+            f(
+                &QGemm {
                     m: i1 - i0,
                     a: &p.a[i0 * p.row_bytes..],
                     ..*p
-                };
-                s.spawn(move || f(&q, mine));
-            }
+                },
+                rows,
+            )
         });
     } else {
         // Few rows: split columns into private buffers, then copy back.
-        let rs = ranges(p.n, t, 1);
-        let parts: Vec<Vec<f32>> = std::thread::scope(|s| {
-            let hs: Vec<_> = rs
-                .iter()
-                .map(|&(j0, j1)| {
-                    let nj = j1 - j0;
-                    let mut buf = vec![0.0f32; p.m * nj];
-                    if p.accumulate {
-                        for i in 0..p.m {
-                            buf[i * nj..(i + 1) * nj]
-                                .copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
-                        }
-                    }
-                    let q = QGemm {
-                        n: nj,
-                        b: &p.b[j0 * p.row_bytes..],
-                        col_scale: &p.col_scale[j0..],
-                        ldc: nj,
-                        ..*p
-                    };
-                    s.spawn(move || {
-                        f(&q, &mut buf);
-                        buf
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("kernel thread panicked"))
-                .collect()
-        });
-        for (&(j0, j1), buf) in rs.iter().zip(parts) {
-            let nj = j1 - j0;
-            for i in 0..p.m {
-                c[i * p.ldc + j0..i * p.ldc + j1].copy_from_slice(&buf[i * nj..(i + 1) * nj]);
-            }
+        let parts = ranges(p.n, t, 1);
+        let old: &[f32] = c;
+        let bufs = private_outputs(
+            &parts,
+            p.m,
+            |(j0, j1)| j1 - j0,
+            |part, buf| {
+                if p.accumulate {
+                    read_cols(old, p.ldc, p.m, part, buf)
+                }
+            },
+            |(j0, j1), buf| {
+                let q = QGemm {
+                    n: j1 - j0,
+                    b: &p.b[j0 * p.row_bytes..],
+                    col_scale: &p.col_scale[j0..],
+                    ldc: j1 - j0,
+                    ..*p
+                };
+                f(&q, buf)
+            },
+        );
+        for (&part, buf) in parts.iter().zip(bufs) {
+            write_cols(c, p.ldc, p.m, part, &buf);
         }
     }
 }
@@ -119,58 +164,42 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
         return f(p, c);
     }
     if p.m >= 8 * t {
-        let rs = ranges(p.m, t, 1);
-        std::thread::scope(|s| {
-            let mut rest = c;
-            for &(i0, i1) in &rs {
-                let len = if i1 == p.m {
-                    rest.len()
-                } else {
-                    (i1 - i0) * p.ldc
-                };
-                let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
-                rest = tail;
-                let q = SGemm {
+        split_rows(p.m, p.ldc, c, t, |i0, i1, rows| {
+            f(
+                &SGemm {
                     m: i1 - i0,
                     a: &p.a[i0 * p.a_rs..],
                     ..*p
-                };
-                s.spawn(move || f(&q, mine));
-            }
+                },
+                rows,
+            )
         });
     } else if p.k >= 8 * p.n.max(p.m) {
         // Few rows and a long reduction (weight gradients: k = pixels of the
         // batch): split the reduction, each thread summing into a private C, then
         // add the partial sums. Every thread streams only its share of A and B.
-        let rs = ranges(p.k, t, 1);
         let (m, n) = (p.m, p.n);
-        let parts: Vec<Vec<f32>> = std::thread::scope(|s| {
-            let hs: Vec<_> = rs
-                .iter()
-                .map(|&(r0, r1)| {
-                    let q = SGemm {
-                        k: r1 - r0,
-                        a: &p.a[r0 * p.a_cs..],
-                        b: p.b.skip_rows(r0),
-                        beta: 0.0,
-                        ldc: n,
-                        ..*p
-                    };
-                    s.spawn(move || {
-                        let mut buf = vec![0.0f32; m * n];
-                        f(&q, &mut buf);
-                        buf
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("kernel thread panicked"))
-                .collect()
-        });
+        let parts = ranges(p.k, t, 1);
+        let bufs = private_outputs(
+            &parts,
+            m,
+            |_| n,
+            |_, _| {},
+            |(r0, r1), buf| {
+                let q = SGemm {
+                    k: r1 - r0,
+                    a: &p.a[r0 * p.a_cs..],
+                    b: p.b.skip_rows(r0),
+                    beta: 0.0,
+                    ldc: n,
+                    ..*p
+                };
+                f(&q, buf)
+            },
+        );
         for i in 0..m {
-            let row = &mut c[i * p.ldc..i * p.ldc + n];
-            for (j, v) in row.iter_mut().enumerate() {
-                let sum: f32 = parts.iter().map(|b| b[i * n + j]).sum();
+            for (j, v) in c[i * p.ldc..i * p.ldc + n].iter_mut().enumerate() {
+                let sum: f32 = bufs.iter().map(|b| b[i * n + j]).sum();
                 *v = if p.beta == 0.0 {
                     sum
                 } else {
@@ -180,40 +209,31 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
         }
     } else {
         // Columns in multiples of 32 keep packed 4-bit offsets on whole bytes.
-        let rs = ranges(p.n, t, 32);
-        let parts: Vec<Vec<f32>> = std::thread::scope(|s| {
-            let hs: Vec<_> = rs
-                .iter()
-                .map(|&(j0, j1)| {
-                    let nj = j1 - j0;
-                    let mut buf = vec![0.0f32; p.m * nj];
-                    if p.beta != 0.0 {
-                        for i in 0..p.m {
-                            buf[i * nj..(i + 1) * nj]
-                                .copy_from_slice(&c[i * p.ldc + j0..i * p.ldc + j1]);
-                        }
-                    }
-                    let q = SGemm {
-                        n: nj,
+        let parts = ranges(p.n, t, 32);
+        let old: &[f32] = c;
+        let bufs = private_outputs(
+            &parts,
+            p.m,
+            |(j0, j1)| j1 - j0,
+            |part, buf| {
+                if p.beta != 0.0 {
+                    read_cols(old, p.ldc, p.m, part, buf)
+                }
+            },
+            |(j0, j1), buf| {
+                f(
+                    &SGemm {
+                        n: j1 - j0,
                         b: p.b.skip_cols(j0),
-                        ldc: nj,
+                        ldc: j1 - j0,
                         ..*p
-                    };
-                    s.spawn(move || {
-                        f(&q, &mut buf);
-                        buf
-                    })
-                })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("kernel thread panicked"))
-                .collect()
-        });
-        for (&(j0, j1), buf) in rs.iter().zip(parts) {
-            let nj = j1 - j0;
-            for i in 0..p.m {
-                c[i * p.ldc + j0..i * p.ldc + j1].copy_from_slice(&buf[i * nj..(i + 1) * nj]);
-            }
+                    },
+                    buf,
+                )
+            },
+        );
+        for (&part, buf) in parts.iter().zip(bufs) {
+            write_cols(c, p.ldc, p.m, part, &buf);
         }
     }
 }
