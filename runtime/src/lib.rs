@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod graph;
+pub mod metrics;
 pub mod model;
 pub mod model_file;
 pub mod ops;
