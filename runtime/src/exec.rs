@@ -101,6 +101,9 @@ struct Ctx<'m> {
     n: usize,
     qw: Vec<Option<QWeights>>,
     stats: Vec<Option<BatchStats>>,
+    /// BatchNorm normalises with its running statistics during a training pass
+    /// (the model "in eval mode" while gradients are taken).
+    frozen_bn: bool,
 }
 
 impl Model {
@@ -130,6 +133,7 @@ impl Model {
             n,
             qw: self.quantize_weights(),
             stats: vec![None; self.graph.nodes.len()],
+            frozen_bn: false,
         };
         let nodes = &self.graph.nodes;
         // Free each value once its last consumer has run.
@@ -166,6 +170,29 @@ impl Model {
         t: Targets,
         update_running: bool,
     ) -> Result<Pass, PassError> {
+        self.pass(images, n, t, update_running, false)
+    }
+
+    /// Gradients with the model in eval mode: BatchNorm uses its running
+    /// statistics (and is differentiated as the fixed affine map it then is);
+    /// nothing in the model changes. SalUn's saliency mask is computed this way.
+    pub fn eval_mode_pass(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+    ) -> Result<Pass, PassError> {
+        self.pass(images, n, t, false, true)
+    }
+
+    fn pass(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+        update_running: bool,
+        frozen_bn: bool,
+    ) -> Result<Pass, PassError> {
         self.check_batch(images, n)?;
         if t.labels.len() != n || t.weights.len() != n {
             return Err(PassError(format!(
@@ -183,7 +210,9 @@ impl Model {
         if t.weights.iter().any(|w| !w.is_finite()) {
             return Err(PassError("non-finite loss weight".into()));
         }
-        self.init_activation_ranges(images, n);
+        if !frozen_bn {
+            self.init_activation_ranges(images, n);
+        }
         let model: &Model = self;
         let nodes = &model.graph.nodes;
         let mut ctx = Ctx {
@@ -191,6 +220,7 @@ impl Model {
             n,
             qw: model.quantize_weights(),
             stats: vec![None; nodes.len()],
+            frozen_bn,
         };
         let mut last_use = vec![0usize; nodes.len()];
         for (i, op) in nodes.iter().enumerate() {
@@ -224,7 +254,7 @@ impl Model {
         let (loss_v, dlogits) = loss::weighted_ce(&logits, model.classes(), t.labels, t.weights);
         let saved_bytes = saved.iter().flatten().map(Value::bytes).sum();
         let grads = ctx.backward(saved, dlogits, images);
-        if update_running {
+        if update_running && !frozen_bn {
             for (i, st) in running {
                 if let Slots::Bn { mean, var, .. } = self.slots[i] {
                     let rows = n * self.shapes[i].h * self.shapes[i].w;
@@ -270,6 +300,7 @@ impl Model {
                 n,
                 qw: std::mem::take(&mut qw),
                 stats: vec![None; nodes.len()],
+                frozen_bn: false,
             };
             let v = ctx.compute(i, &vals, images, Mode::Train);
             qw = ctx.qw;
@@ -345,6 +376,9 @@ impl Ctx<'_> {
                 let (g, b) = (&m.params[gamma].data, &m.params[beta].data);
                 let st = match mode {
                     Mode::Eval => bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data),
+                    Mode::Train if self.frozen_bn => {
+                        bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data)
+                    }
                     Mode::Train => bn::batch_stats(&x, g.len()),
                     Mode::Recompute => self.stats[i]
                         .clone()
@@ -504,7 +538,11 @@ impl Ctx<'_> {
                     let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
                     let st = self.stats[i].as_ref().expect("batch statistics saved");
                     let (gg, gb) = two_mut(&mut grads, gamma, beta);
-                    let dx = bn::backward(&x, &dy, &m.params[gamma].data, st, gg, gb);
+                    let dx = if self.frozen_bn {
+                        bn::backward_frozen(&x, &dy, &m.params[gamma].data, st, gg, gb)
+                    } else {
+                        bn::backward(&x, &dy, &m.params[gamma].data, st, gg, gb)
+                    };
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::Conv { input, cout, .. } => {

@@ -79,6 +79,19 @@ pub fn loss_and_grads(
     labels: &[u32],
     weights: &[f32],
 ) -> (f64, Vec<Vec<f64>>) {
+    loss_and_grads_bn(model, images, n, labels, weights, false)
+}
+
+/// As [`loss_and_grads`]; with `frozen_bn` BatchNorm uses its running statistics
+/// (an eval-mode pass).
+pub fn loss_and_grads_bn(
+    model: &Model,
+    images: &[u8],
+    n: usize,
+    labels: &[u32],
+    weights: &[f32],
+    frozen_bn: bool,
+) -> (f64, Vec<Vec<f64>>) {
     let mut t = Tape::default();
     let scheme = model.graph.scheme;
     // Parameters as leaves.
@@ -144,6 +157,32 @@ pub fn loss_and_grads(
                     }
                 }
                 out
+            }
+            Op::BatchNorm { input, .. } if frozen_bn => {
+                let Slots::Bn {
+                    gamma,
+                    beta,
+                    mean,
+                    var,
+                } = model.slots[i]
+                else {
+                    unreachable!()
+                };
+                let c = shape.c;
+                let x = vals[*input].clone();
+                x.iter()
+                    .enumerate()
+                    .map(|(e, &xi)| {
+                        let ch = e % c;
+                        let is = 1.0
+                            / (model.buffers[var].data[ch] as f64 + crate::ops::bn::EPS as f64)
+                                .sqrt();
+                        let xh = (t.val[xi] - model.buffers[mean].data[ch] as f64) * is;
+                        let (g, be) = (pid[gamma][ch], pid[beta][ch]);
+                        let gv = t.val[g];
+                        t.push(gv * xh + t.val[be], vec![(xi, gv * is), (g, xh), (be, 1.0)])
+                    })
+                    .collect()
             }
             Op::BatchNorm { input, .. } => {
                 let Slots::Bn { gamma, beta, .. } = model.slots[i] else {

@@ -216,3 +216,77 @@ fn full_precision_gradients_match_reference_and_finite_differences() {
         }
     }
 }
+
+#[test]
+fn eval_mode_gradients_match_reference_and_change_nothing() {
+    for scheme in [QuantScheme::Pact, QuantScheme::Lsq] {
+        let mut model = Model::new(
+            tiny(scheme, Precision::Int8),
+            InitOptions {
+                seed: 11,
+                pact_init: 2.0,
+            },
+        )
+        .unwrap();
+        let (images, labels, weights) = batch(4, 5);
+        // Train a little so running statistics and ranges are not at their initial values.
+        let mut sgd = qmul_runtime::optim::Sgd::new(&model, 0.05, 0.0, 0.0);
+        for _ in 0..3 {
+            let p = model
+                .train_pass(
+                    &images,
+                    4,
+                    Targets {
+                        labels: &labels,
+                        weights: &weights,
+                    },
+                    true,
+                )
+                .unwrap();
+            sgd.step(&mut model, &p.grads, None);
+        }
+        let before = model.clone();
+        let pass = model
+            .eval_mode_pass(
+                &images,
+                4,
+                Targets {
+                    labels: &labels,
+                    weights: &weights,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            model.params, before.params,
+            "an eval-mode pass must not change parameters"
+        );
+        assert_eq!(
+            model.buffers, before.buffers,
+            "an eval-mode pass must not change running statistics"
+        );
+        let (loss, g) = reference::loss_and_grads_bn(&model, &images, 4, &labels, &weights, true);
+        let fwd = model.forward(&images, 4).unwrap();
+        // f32 and f64 may round a rare activation that sits on a code boundary to
+        // neighbouring codes; that moves the loss by ~1e-4, not more.
+        assert!(
+            (pass.loss as f64 - loss).abs() < 1e-3 * loss.abs().max(1.0),
+            "{scheme:?}: loss {} vs reference {loss}; logits {:?} vs forward {:?}",
+            pass.loss,
+            &pass.logits[..6],
+            &fwd[..6]
+        );
+        for (t, (got, want)) in model.params.iter().zip(pass.grads.iter().zip(&g)) {
+            if t.data.is_empty() {
+                continue;
+            }
+            let e = rel_err(got, want);
+            assert!(
+                e < 2e-3,
+                "{scheme:?}: eval-mode gradient of {} differs: {e:.2e}",
+                t.name
+            );
+        }
+        // Eval-mode logits are the eval forward's.
+        assert_eq!(pass.logits, model.forward(&images, 4).unwrap());
+    }
+}

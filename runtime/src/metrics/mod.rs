@@ -17,7 +17,11 @@ pub struct Scores {
 
 /// Average Gap: mean absolute difference over FA, RA, TA and MIA.
 pub fn avg_gap(a: &Scores, retrain: &Scores) -> f64 {
-    ((a.fa - retrain.fa).abs() + (a.ra - retrain.ra).abs() + (a.ta - retrain.ta).abs() + (a.mia - retrain.mia).abs()) / 4.0
+    ((a.fa - retrain.fa).abs()
+        + (a.ra - retrain.ra).abs()
+        + (a.ta - retrain.ta).abs()
+        + (a.mia - retrain.mia).abs())
+        / 4.0
 }
 
 /// Percentage of `pred[i] == labels[i]`.
@@ -25,27 +29,50 @@ pub fn accuracy(pred: &[usize], labels: &[u32]) -> f64 {
     if pred.is_empty() {
         return 0.0;
     }
-    100.0 * pred.iter().zip(labels).filter(|(p, l)| **p == **l as usize).count() as f64 / pred.len() as f64
+    100.0
+        * pred
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == **l as usize)
+            .count() as f64
+        / pred.len() as f64
 }
 
 /// Softmax probability of each sample's own label (`probs` is `n x classes`):
 /// the confidence feature of the attack.
 pub fn confidence(probs: &[f32], classes: usize, labels: &[u32]) -> Vec<f64> {
-    probs.chunks(classes).zip(labels).map(|(p, &l)| p[l as usize] as f64).collect()
+    probs
+        .chunks(classes)
+        .zip(labels)
+        .map(|(p, &l)| p[l as usize] as f64)
+        .collect()
 }
 
 /// MIA-efficacy in percent: an RBF SVC (C = 3, gamma = 1/n_features = 1) is
 /// trained to tell members (`member_conf`: the first len(test) retain samples)
 /// from non-members (`nonmember_conf`: the test set); the efficacy is the share
 /// of forget samples (`forget_conf`) it predicts as non-members.
-pub fn mia_efficacy(member_conf: &[f64], nonmember_conf: &[f64], forget_conf: &[f64]) -> Result<f64, SvmError> {
+pub fn mia_efficacy(
+    member_conf: &[f64],
+    nonmember_conf: &[f64],
+    forget_conf: &[f64],
+) -> Result<f64, SvmError> {
     if forget_conf.is_empty() {
         return Err(SvmError("empty forget set".into()));
     }
     let mut x = member_conf.to_vec();
     x.extend_from_slice(nonmember_conf);
     let y: Vec<bool> = (0..x.len()).map(|i| i < member_conf.len()).collect();
-    let svc = Svc::train(&x, 1, &y, SvcParams { c: 3.0, gamma: 1.0, ..Default::default() })?;
+    let svc = Svc::train(
+        &x,
+        1,
+        &y,
+        SvcParams {
+            c: 3.0,
+            gamma: 1.0,
+            ..Default::default()
+        },
+    )?;
     let non_members = forget_conf.iter().filter(|&&v| !svc.predict(&[v])).count();
     Ok(100.0 * non_members as f64 / forget_conf.len() as f64)
 }
@@ -56,8 +83,18 @@ mod tests {
 
     #[test]
     fn avg_gap_and_accuracy_on_known_inputs() {
-        let a = Scores { fa: 100.0, ra: 99.0, ta: 92.0, mia: 2.0 };
-        let r = Scores { fa: 92.0, ra: 100.0, ta: 91.0, mia: 10.0 };
+        let a = Scores {
+            fa: 100.0,
+            ra: 99.0,
+            ta: 92.0,
+            mia: 2.0,
+        };
+        let r = Scores {
+            fa: 92.0,
+            ra: 100.0,
+            ta: 91.0,
+            mia: 10.0,
+        };
         assert!((avg_gap(&a, &r) - (8.0 + 1.0 + 1.0 + 8.0) / 4.0).abs() < 1e-12);
         assert_eq!(avg_gap(&r, &r), 0.0);
         assert_eq!(accuracy(&[1, 2, 3, 0], &[1, 2, 0, 0]), 75.0);

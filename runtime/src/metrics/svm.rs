@@ -30,7 +30,12 @@ pub struct SvcParams {
 
 impl Default for SvcParams {
     fn default() -> Self {
-        SvcParams { c: 3.0, gamma: 1.0, tol: 1e-3, max_iter: 10_000_000 }
+        SvcParams {
+            c: 3.0,
+            gamma: 1.0,
+            tol: 1e-3,
+            max_iter: 10_000_000,
+        }
     }
 }
 
@@ -56,7 +61,10 @@ impl Svc {
     pub fn train(x: &[f64], dim: usize, y: &[bool], p: SvcParams) -> Result<Svc, SvmError> {
         let n = y.len();
         if dim == 0 || x.len() != n * dim {
-            return Err(SvmError(format!("{} features for {n} samples of dimension {dim}", x.len())));
+            return Err(SvmError(format!(
+                "{} features for {n} samples of dimension {dim}",
+                x.len()
+            )));
         }
         if x.iter().any(|v| !v.is_finite()) {
             return Err(SvmError("non-finite feature".into()));
@@ -188,7 +196,11 @@ impl Svc {
                 lb = lb.max(yg);
             }
         }
-        let rho = if nfree > 0 { sum / nfree as f64 } else { (ub + lb) / 2.0 };
+        let rho = if nfree > 0 {
+            sum / nfree as f64
+        } else {
+            (ub + lb) / 2.0
+        };
         let mut sv = Vec::new();
         let mut coef = Vec::new();
         for t in 0..n {
@@ -197,12 +209,24 @@ impl Svc {
                 coef.push(ys[t] * alpha[t]);
             }
         }
-        Ok(Svc { gamma: p.gamma, dim, sv, coef, rho, iterations: it })
+        Ok(Svc {
+            gamma: p.gamma,
+            dim,
+            sv,
+            coef,
+            rho,
+            iterations: it,
+        })
     }
 
     /// Decision value of one sample.
     pub fn decision(&self, x: &[f64]) -> f64 {
-        let s: f64 = self.sv.chunks(self.dim).zip(&self.coef).map(|(v, c)| c * rbf(self.gamma, v, x)).sum();
+        let s: f64 = self
+            .sv
+            .chunks(self.dim)
+            .zip(&self.coef)
+            .map(|(v, c)| c * rbf(self.gamma, v, x))
+            .sum();
         s - self.rho
     }
 
@@ -219,15 +243,43 @@ mod tests {
     #[test]
     fn two_points_have_the_analytic_solution() {
         // x = 0 (negative), x = 1 (positive), gamma = 1: alpha = 1/(1 - e^-1), rho = 0.
-        let svc = Svc::train(&[0.0, 1.0], 1, &[false, true], SvcParams { tol: 1e-9, ..Default::default() }).unwrap();
+        let svc = Svc::train(
+            &[0.0, 1.0],
+            1,
+            &[false, true],
+            SvcParams {
+                tol: 1e-9,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let a = 1.0 / (1.0 - (-1.0f64).exp());
         assert_eq!(svc.coef.len(), 2);
-        assert!((svc.coef[1] - a).abs() < 1e-6 && (svc.coef[0] + a).abs() < 1e-6, "{:?}", svc.coef);
+        assert!(
+            (svc.coef[1] - a).abs() < 1e-6 && (svc.coef[0] + a).abs() < 1e-6,
+            "{:?}",
+            svc.coef
+        );
         assert!(svc.rho.abs() < 1e-6);
-        assert!((svc.decision(&[1.0]) - 1.0).abs() < 1e-6 && (svc.decision(&[0.0]) + 1.0).abs() < 1e-6);
+        assert!(
+            (svc.decision(&[1.0]) - 1.0).abs() < 1e-6 && (svc.decision(&[0.0]) + 1.0).abs() < 1e-6
+        );
         // Bound by C: alpha = C when the unconstrained solution exceeds it.
-        let close = Svc::train(&[0.0, 0.1], 1, &[false, true], SvcParams { tol: 1e-9, ..Default::default() }).unwrap();
-        assert!(close.coef.iter().all(|c| (c.abs() - 3.0).abs() < 1e-9), "{:?}", close.coef);
+        let close = Svc::train(
+            &[0.0, 0.1],
+            1,
+            &[false, true],
+            SvcParams {
+                tol: 1e-9,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            close.coef.iter().all(|c| (c.abs() - 3.0).abs() < 1e-9),
+            "{:?}",
+            close.coef
+        );
     }
 
     #[test]
@@ -236,12 +288,21 @@ mod tests {
         let n = 300;
         let x: Vec<f64> = (0..n).map(|_| r.normal()).collect();
         let y: Vec<bool> = x.iter().map(|&v| v + 0.7 * r.normal() > 0.2).collect();
-        let p = SvcParams { tol: 1e-6, ..Default::default() };
+        let p = SvcParams {
+            tol: 1e-6,
+            ..Default::default()
+        };
         let svc = Svc::train(&x, 1, &y, p).unwrap();
         // Recover alpha per sample and check y_i f(x_i) against alpha's bounds.
         for i in 0..n {
             let yi = if y[i] { 1.0 } else { -1.0 };
-            let a = svc.sv.iter().zip(&svc.coef).find(|(v, _)| **v == x[i]).map(|(_, c)| c * yi).unwrap_or(0.0);
+            let a = svc
+                .sv
+                .iter()
+                .zip(&svc.coef)
+                .find(|(v, _)| **v == x[i])
+                .map(|(_, c)| c * yi)
+                .unwrap_or(0.0);
             let m = yi * svc.decision(&[x[i]]);
             if a <= 1e-9 {
                 assert!(m >= 1.0 - 1e-3, "alpha 0 needs margin >= 1, got {m}");

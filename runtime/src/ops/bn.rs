@@ -163,3 +163,26 @@ pub fn backward(
     });
     dx
 }
+
+/// Backward of BatchNorm with fixed (running) statistics: a per-channel affine
+/// map, so `dx = dy * gamma * invstd`. Adds into `dgamma`, `dbeta`.
+pub fn backward_frozen(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    st: &BatchStats,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Vec<f32> {
+    let c = gamma.len();
+    let mut dx = Vec::with_capacity(x.len());
+    for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
+        for ch in 0..c {
+            let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
+            dgamma[ch] += dr[ch] * xhat;
+            dbeta[ch] += dr[ch];
+            dx.push(dr[ch] * gamma[ch] * st.invstd[ch]);
+        }
+    }
+    dx
+}
