@@ -14,6 +14,7 @@ pub mod par;
 pub mod quant;
 pub mod reference;
 pub mod rng;
+pub mod unlearn;
 
 pub use exec::{Pass, PassError, Targets, Value};
 pub use graph::{Graph, Op, Precision, QuantScheme, Shape};

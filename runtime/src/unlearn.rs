@@ -1,0 +1,597 @@
+//! Machine unlearning on the packed model: Q-MUL (Similar Labels + Adaptive
+//! Gradient Reweighting) and the baselines of `reference/qmul-method.md` (RL,
+//! SalUn, FT, GA, l1-sparse), all trained with the straight-through backward.
+//!
+//! The caller supplies the forget set and the retain data as u8 images and
+//! labels; the runtime never reads a data set itself. A run works on a copy of
+//! the model and replaces it only when it finishes, so a cancelled or failed
+//! run leaves the model as it was.
+
+use crate::exec::{PassError, Targets};
+use crate::model::Model;
+use crate::ops::loss::softmax;
+use crate::optim::{cosine_lr, Sgd};
+use crate::rng::Rng;
+
+/// Images (NHWC u8, as the model's input) and labels of a set of samples.
+#[derive(Clone, Copy, Debug)]
+pub struct Samples<'a> {
+    pub images: &'a [u8],
+    pub labels: &'a [u32],
+}
+
+impl Samples<'_> {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// How forget samples are relabelled each epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Relabel {
+    /// Q-MUL's Similar Labels: the class whose probability is nearest the true one's.
+    Similar,
+    /// Uniformly random classes (Random Labels).
+    Random,
+}
+
+/// Order of forget and retain samples within an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// A pass over the forget set, then a pass over the retain set.
+    Sequential,
+    /// Forget and retain shuffled together, one weighted loss per batch.
+    Mixed,
+}
+
+impl Variant {
+    /// The reference's default: sequential for 10 classes, mixed for more.
+    pub fn default_for(classes: usize) -> Self {
+        if classes <= 10 {
+            Variant::Sequential
+        } else {
+            Variant::Mixed
+        }
+    }
+}
+
+/// An unlearning method with its own settings.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum Method {
+    /// Relabelled forget samples + retain samples; Q-MUL is `Similar` + `agr`,
+    /// RL is `Random` without AGR; the ablation mixes them.
+    Relabel {
+        relabel: Relabel,
+        agr: bool,
+        variant: Variant,
+    },
+    /// RL with gradients masked to the most forget-salient `1 - sparsity` share
+    /// of parameters.
+    Salun { sparsity: f32, variant: Variant },
+    /// Fine-tune on the retain set.
+    Ft,
+    /// Gradient ascent on the forget set.
+    Ga,
+    /// Fine-tune with an l1 penalty whose weight decays linearly from `gamma` to 0.
+    L1 { gamma: f32 },
+}
+
+impl Method {
+    pub fn qmul(classes: usize) -> Self {
+        Method::Relabel {
+            relabel: Relabel::Similar,
+            agr: true,
+            variant: Variant::default_for(classes),
+        }
+    }
+
+    pub fn rl(classes: usize) -> Self {
+        Method::Relabel {
+            relabel: Relabel::Random,
+            agr: false,
+            variant: Variant::default_for(classes),
+        }
+    }
+
+    /// Short name for reports.
+    pub fn name(&self) -> String {
+        match self {
+            Method::Relabel {
+                relabel: Relabel::Similar,
+                agr: true,
+                ..
+            } => "qmul".into(),
+            Method::Relabel {
+                relabel: Relabel::Random,
+                agr: false,
+                ..
+            } => "rl".into(),
+            Method::Relabel {
+                relabel: Relabel::Similar,
+                agr: false,
+                ..
+            } => "rl+sl".into(),
+            Method::Relabel {
+                relabel: Relabel::Random,
+                agr: true,
+                ..
+            } => "rl+agr".into(),
+            Method::Salun { .. } => "salun".into(),
+            Method::Ft => "ft".into(),
+            Method::Ga => "ga".into(),
+            Method::L1 { .. } => "l1".into(),
+        }
+    }
+
+    /// The reference's defaults: (epochs, learning rate).
+    pub fn default_schedule(&self) -> (usize, f32) {
+        match self {
+            Method::Ga => (5, 1e-4),
+            _ => (10, 0.01),
+        }
+    }
+}
+
+/// Settings of one unlearning run.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    pub method: Method,
+    pub epochs: usize,
+    pub lr: f32,
+    pub batch: usize,
+    pub seed: u64,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+impl Config {
+    pub fn new(method: Method) -> Self {
+        let (epochs, lr) = method.default_schedule();
+        Config {
+            method,
+            epochs,
+            lr,
+            batch: 256,
+            seed: 0,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        }
+    }
+}
+
+/// What one epoch did (AGR's weights and gradient norms are the numbers that
+/// explain a result).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    /// Mean per-batch sum of per-tensor gradient norms on the forget / retain side (AGR).
+    pub g_forget: Option<f64>,
+    pub g_retain: Option<f64>,
+    /// Retain batches the G_r estimate used (a sample as large as the forget loader).
+    pub g_retain_batches: Option<usize>,
+    pub w_forget: f32,
+    pub w_retain: f32,
+    pub loss_forget: Option<f64>,
+    pub loss_retain: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Progress report to the caller, who returns `false` to cancel.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps: usize,
+}
+
+#[derive(Debug)]
+pub enum UnlearnError {
+    /// Bad input: shapes, labels, empty sets, settings.
+    Invalid(String),
+    /// The caller's progress callback asked to stop; the model is unchanged.
+    Cancelled,
+    /// The loss became NaN or infinite; the model is unchanged.
+    Diverged(String),
+}
+
+impl std::fmt::Display for UnlearnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnlearnError::Invalid(m) => write!(f, "invalid unlearning input: {m}"),
+            UnlearnError::Cancelled => f.write_str("unlearning cancelled; the model is unchanged"),
+            UnlearnError::Diverged(m) => {
+                write!(f, "unlearning diverged ({m}); the model is unchanged")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnlearnError {}
+
+impl From<PassError> for UnlearnError {
+    fn from(e: PassError) -> Self {
+        UnlearnError::Invalid(e.0)
+    }
+}
+
+/// Similar Labels: for each row of probabilities `p` with true label `y`, the
+/// class `j != y` minimising `|p_j - p_y|` (the runner-up when `y` is predicted).
+pub fn similar_labels(probs: &[f32], classes: usize, labels: &[u32]) -> Vec<u32> {
+    probs
+        .chunks(classes)
+        .zip(labels)
+        .map(|(p, &y)| {
+            let py = p[y as usize];
+            (0..classes)
+                .filter(|&j| j != y as usize)
+                .min_by(|&a, &b| (p[a] - py).abs().total_cmp(&(p[b] - py).abs()))
+                .unwrap_or(0) as u32
+        })
+        .collect()
+}
+
+/// AGR's weights from the two sides' gradient norms: the larger side gets the
+/// smaller weight, `w_f = G_r / (G_f + G_r)`, `w_r = G_f / (G_f + G_r)`.
+pub fn agr_weights(g_forget: f64, g_retain: f64) -> (f32, f32) {
+    let s = g_forget + g_retain;
+    if s.is_nan() || s <= 0.0 || !s.is_finite() {
+        return (0.5, 0.5);
+    }
+    ((g_retain / s) as f32, (g_forget / s) as f32)
+}
+
+/// Sum over parameter tensors of each tensor's gradient L2 norm.
+pub fn grad_norm_sum(grads: &[Vec<f32>]) -> f64 {
+    grads
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt()
+        })
+        .sum()
+}
+
+fn gather(s: &Samples, idx: &[usize], image_len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(idx.len() * image_len);
+    for &i in idx {
+        out.extend_from_slice(&s.images[i * image_len..(i + 1) * image_len]);
+    }
+    out
+}
+
+/// Eval-mode softmax probabilities of all samples.
+fn probabilities(
+    model: &Model,
+    s: &Samples,
+    image_len: usize,
+    batch: usize,
+) -> Result<Vec<f32>, PassError> {
+    let k = model.classes();
+    let mut out = Vec::with_capacity(s.len() * k);
+    let all: Vec<usize> = (0..s.len()).collect();
+    for chunk in all.chunks(batch.max(1)) {
+        let logits = model.forward(&gather(s, chunk, image_len), chunk.len())?;
+        for row in logits.chunks(k) {
+            out.extend(softmax(row));
+        }
+    }
+    Ok(out)
+}
+
+fn check(model: &Model, s: &Samples, what: &str, image_len: usize) -> Result<(), UnlearnError> {
+    if s.images.len() != s.len() * image_len {
+        return Err(UnlearnError::Invalid(format!(
+            "{what}: {} labels but {} image bytes ({} per image)",
+            s.len(),
+            s.images.len(),
+            image_len
+        )));
+    }
+    if let Some(&l) = s.labels.iter().find(|&&l| l as usize >= model.classes()) {
+        return Err(UnlearnError::Invalid(format!(
+            "{what}: label {l} out of range for {} classes",
+            model.classes()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `cfg.method` on `model`, forgetting `forget` while keeping `retain`.
+/// `progress` is called after every step and may return `false` to cancel.
+pub fn unlearn(
+    model: &mut Model,
+    forget: Samples,
+    retain: Samples,
+    cfg: &Config,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Vec<EpochLog>, UnlearnError> {
+    let image_len = model.graph.input_shape().len();
+    check(model, &forget, "forget set", image_len)?;
+    check(model, &retain, "retain set", image_len)?;
+    if cfg.batch == 0 || cfg.epochs == 0 || !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
+        return Err(UnlearnError::Invalid(
+            "batch and epochs must be at least 1 and lr finite".into(),
+        ));
+    }
+    let needs_forget = !matches!(cfg.method, Method::Ft | Method::L1 { .. });
+    let needs_retain = !matches!(cfg.method, Method::Ga);
+    if needs_forget && forget.is_empty() {
+        return Err(UnlearnError::Invalid("the forget set is empty".into()));
+    }
+    if needs_retain && retain.is_empty() {
+        return Err(UnlearnError::Invalid("the retain set is empty".into()));
+    }
+    let mut m = model.clone();
+    let mut sgd = Sgd::new(&m, cfg.lr, cfg.momentum, cfg.weight_decay);
+    let classes = m.classes();
+    let nb = |n: usize| n.div_ceil(cfg.batch);
+    let steps_per_epoch = match &cfg.method {
+        Method::Relabel { .. } | Method::Salun { .. } => nb(forget.len()) + nb(retain.len()),
+        Method::Ft | Method::L1 { .. } => nb(retain.len()),
+        Method::Ga => nb(forget.len()),
+    };
+    let total = steps_per_epoch * cfg.epochs;
+    let mut step = 0usize;
+    let mut logs = Vec::new();
+    let mask = match &cfg.method {
+        Method::Salun { sparsity, .. } => Some(saliency_mask(
+            &mut m, &forget, image_len, cfg.batch, *sparsity,
+        )?),
+        _ => None,
+    };
+    for epoch in 0..cfg.epochs {
+        let t0 = std::time::Instant::now();
+        let mut rng = Rng::new(cfg.seed ^ ((epoch as u64 + 1) << 32));
+        let mut log = EpochLog {
+            epoch: epoch + 1,
+            w_forget: 1.0,
+            w_retain: 1.0,
+            ..Default::default()
+        };
+        // Per-sample training targets of this epoch.
+        let (relabel, agr, variant) = match &cfg.method {
+            Method::Relabel {
+                relabel,
+                agr,
+                variant,
+            } => (Some(*relabel), *agr, *variant),
+            Method::Salun { variant, .. } => (Some(Relabel::Random), false, *variant),
+            _ => (None, false, Variant::Sequential),
+        };
+        let forget_targets: Vec<u32> = match relabel {
+            Some(Relabel::Similar) => similar_labels(
+                &probabilities(&m, &forget, image_len, cfg.batch)?,
+                classes,
+                forget.labels,
+            ),
+            Some(Relabel::Random) => (0..forget.len())
+                .map(|_| rng.below(classes) as u32)
+                .collect(),
+            None => forget.labels.to_vec(),
+        };
+        if agr {
+            let (gf, gr, nr) = agr_norms(
+                &mut m,
+                &forget,
+                &forget_targets,
+                &retain,
+                image_len,
+                cfg.batch,
+                &mut rng,
+            )?;
+            let (wf, wr) = agr_weights(gf, gr);
+            log.g_forget = Some(gf);
+            log.g_retain = Some(gr);
+            log.g_retain_batches = Some(nr);
+            log.w_forget = wf;
+            log.w_retain = wr;
+        }
+        // (side, index) pairs in training order: 0 = forget, 1 = retain.
+        let mut order: Vec<(u8, usize)> = Vec::new();
+        match &cfg.method {
+            Method::Relabel { .. } | Method::Salun { .. } => {
+                let mut f: Vec<(u8, usize)> = (0..forget.len()).map(|i| (0, i)).collect();
+                let mut r: Vec<(u8, usize)> = (0..retain.len()).map(|i| (1, i)).collect();
+                if variant == Variant::Mixed {
+                    f.append(&mut r);
+                    rng.shuffle(&mut f);
+                    order = f;
+                } else {
+                    rng.shuffle(&mut f);
+                    rng.shuffle(&mut r);
+                    order.append(&mut f);
+                    order.push((2, 0)); // batch boundary between the two passes
+                    order.append(&mut r);
+                }
+            }
+            Method::Ga => {
+                order = (0..forget.len()).map(|i| (0, i)).collect();
+                rng.shuffle(&mut order);
+            }
+            Method::Ft | Method::L1 { .. } => {
+                order = (0..retain.len()).map(|i| (1, i)).collect();
+                rng.shuffle(&mut order);
+            }
+        }
+        let sign = if cfg.method == Method::Ga { -1.0 } else { 1.0 };
+        let l1_gamma = match cfg.method {
+            Method::L1 { gamma } => gamma * (1.0 - epoch as f32 / cfg.epochs as f32),
+            _ => 0.0,
+        };
+        let (mut lf, mut nf, mut lr_sum, mut nr) = (0.0f64, 0usize, 0.0f64, 0usize);
+        for seg in order.split(|&(s, _)| s == 2) {
+            for chunk in seg.chunks(cfg.batch) {
+                let mut images = Vec::with_capacity(chunk.len() * image_len);
+                let mut labels = Vec::with_capacity(chunk.len());
+                let mut weights = Vec::with_capacity(chunk.len());
+                for &(side, i) in chunk {
+                    if side == 0 {
+                        images
+                            .extend_from_slice(&forget.images[i * image_len..(i + 1) * image_len]);
+                        labels.push(forget_targets[i]);
+                        weights.push(sign * log.w_forget);
+                    } else {
+                        images
+                            .extend_from_slice(&retain.images[i * image_len..(i + 1) * image_len]);
+                        labels.push(retain.labels[i]);
+                        weights.push(log.w_retain);
+                    }
+                }
+                sgd.lr = cosine_lr(cfg.lr, step, total);
+                let mut pass = m.train_pass(
+                    &images,
+                    chunk.len(),
+                    Targets {
+                        labels: &labels,
+                        weights: &weights,
+                    },
+                    true,
+                )?;
+                if !pass.loss.is_finite() {
+                    return Err(UnlearnError::Diverged(format!(
+                        "epoch {} step {step}: loss {}",
+                        epoch + 1,
+                        pass.loss
+                    )));
+                }
+                if l1_gamma > 0.0 {
+                    for (g, p) in pass.grads.iter_mut().zip(&m.params) {
+                        g.iter_mut()
+                            .zip(&p.data)
+                            .for_each(|(g, &w)| *g += l1_gamma * w.signum());
+                    }
+                }
+                sgd.step(&mut m, &pass.grads, mask.as_deref());
+                let nf_b = chunk.iter().filter(|c| c.0 == 0).count();
+                if nf_b == chunk.len() {
+                    lf += pass.loss as f64 * chunk.len() as f64;
+                    nf += chunk.len();
+                } else if nf_b == 0 {
+                    lr_sum += pass.loss as f64 * chunk.len() as f64;
+                    nr += chunk.len();
+                }
+                step += 1;
+                if !progress(Progress {
+                    epoch,
+                    epochs: cfg.epochs,
+                    step,
+                    steps: total,
+                }) {
+                    return Err(UnlearnError::Cancelled);
+                }
+            }
+        }
+        log.loss_forget = (nf > 0).then(|| lf / nf as f64);
+        log.loss_retain = (nr > 0).then(|| lr_sum / nr as f64);
+        log.seconds = t0.elapsed().as_secs_f64();
+        logs.push(log);
+    }
+    *model = m;
+    Ok(logs)
+}
+
+/// G_f and G_r of AGR: the mean over batches of the sum of per-tensor gradient
+/// norms of the mean CE, on the forget set with its epoch targets and on as many
+/// randomly drawn retain batches as the forget set has (all when fewer).
+/// Running statistics are not updated by these passes.
+fn agr_norms(
+    m: &mut Model,
+    forget: &Samples,
+    targets: &[u32],
+    retain: &Samples,
+    image_len: usize,
+    batch: usize,
+    rng: &mut Rng,
+) -> Result<(f64, f64, usize), UnlearnError> {
+    let mean_norm = |m: &mut Model,
+                     s: &Samples,
+                     t: &[u32],
+                     idx: &[usize]|
+     -> Result<(f64, usize), UnlearnError> {
+        let mut sum = 0.0;
+        let mut count = 0;
+        for chunk in idx.chunks(batch) {
+            let labels: Vec<u32> = chunk.iter().map(|&i| t[i]).collect();
+            let w = vec![1.0f32; chunk.len()];
+            let p = m.train_pass(
+                &gather(s, chunk, image_len),
+                chunk.len(),
+                Targets {
+                    labels: &labels,
+                    weights: &w,
+                },
+                false,
+            )?;
+            sum += grad_norm_sum(&p.grads);
+            count += 1;
+        }
+        Ok((sum / count.max(1) as f64, count))
+    };
+    let fidx: Vec<usize> = (0..forget.len()).collect();
+    let (gf, fb) = mean_norm(m, forget, targets, &fidx)?;
+    let mut ridx: Vec<usize> = (0..retain.len()).collect();
+    rng.shuffle(&mut ridx);
+    ridx.truncate((fb * batch).min(retain.len()));
+    let (gr, rb) = mean_norm(m, retain, retain.labels, &ridx)?;
+    Ok((gf, gr, rb))
+}
+
+/// SalUn's mask: 1 for the `1 - sparsity` share of all parameter elements with
+/// the largest |sum over forget batches of grad(-CE)| (global ranking, model in
+/// eval mode), 0 elsewhere.
+pub fn saliency_mask(
+    m: &mut Model,
+    forget: &Samples,
+    image_len: usize,
+    batch: usize,
+    sparsity: f32,
+) -> Result<Vec<Vec<f32>>, UnlearnError> {
+    if !(0.0..1.0).contains(&sparsity) {
+        return Err(UnlearnError::Invalid(format!(
+            "SalUn sparsity {sparsity} must be in [0, 1)"
+        )));
+    }
+    let mut acc: Vec<Vec<f32>> = m.params.iter().map(|t| vec![0.0; t.data.len()]).collect();
+    let idx: Vec<usize> = (0..forget.len()).collect();
+    for chunk in idx.chunks(batch) {
+        let labels: Vec<u32> = chunk.iter().map(|&i| forget.labels[i]).collect();
+        let w = vec![-1.0f32; chunk.len()];
+        let p = m.eval_mode_pass(
+            &gather(forget, chunk, image_len),
+            chunk.len(),
+            Targets {
+                labels: &labels,
+                weights: &w,
+            },
+        )?;
+        for (a, g) in acc.iter_mut().zip(&p.grads) {
+            a.iter_mut().zip(g).for_each(|(a, g)| *a += g);
+        }
+    }
+    let mut mags: Vec<f32> = acc.iter().flatten().map(|v| v.abs()).collect();
+    let keep = ((1.0 - sparsity as f64) * mags.len() as f64).round() as usize;
+    if keep == 0 {
+        return Ok(acc.iter().map(|a| vec![0.0; a.len()]).collect());
+    }
+    let k = mags.len() - keep;
+    let (_, thr, _) = mags.select_nth_unstable_by(k, |a, b| a.total_cmp(b));
+    let thr = *thr;
+    Ok(acc
+        .iter()
+        .map(|a| {
+            a.iter()
+                .map(|v| if v.abs() >= thr { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect())
+}
