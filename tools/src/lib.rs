@@ -5,5 +5,6 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod forget;
+pub mod forgetting;
 pub mod progress;
 pub mod train;

@@ -23,6 +23,8 @@ enum Cmd {
     Eval(cli::EvalArgs),
     /// Print a model file's architecture, quantization and size.
     Inspect(cli::InspectArgs),
+    /// Make a model forget a set of training samples.
+    Unlearn(cli::UnlearnArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => cli::train(a),
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
+        Cmd::Unlearn(a) => cli::unlearn_cmd(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,18 +1,18 @@
-//! Argument types and bodies of the `qmul` subcommands.
+//! `qmul train`: a model from scratch, saved as a .qmul file.
 
-use crate::data::{self, Augment, Dataset};
+use super::DataArgs;
+use crate::data::Augment;
 use crate::forget::{complement, ForgetSpec};
 use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
-use qmul_runtime::{model_file, InitOptions, Model, Op, Precision, QuantScheme};
+use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Data set: fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, subset.
-    #[arg(long, default_value = "fashion-mnist")]
-    pub data: String,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Architecture: resnet18 or resnet10.
     #[arg(long, default_value = "resnet18")]
     pub arch: String,
@@ -58,26 +58,6 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    #[arg(long)]
-    pub model: PathBuf,
-    #[arg(long, default_value = "fashion-mnist")]
-    pub data: String,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct InspectArgs {
-    pub file: PathBuf,
-}
-
-fn load_data(spec: &str) -> Result<(Dataset, Dataset), String> {
-    data::load(spec).map_err(|e| e.to_string())
-}
-
 pub fn train(a: TrainArgs) -> Result<(), String> {
     let scheme = QuantScheme::parse(&a.quant)
         .ok_or_else(|| format!("unknown --quant '{}' (pact, lsq, dsq, none)", a.quant))?;
@@ -92,7 +72,7 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
         32 => Precision::F32,
         b => return Err(format!("--edge-bits {b}: use 8 or 32")),
     };
-    let (mut tr, te) = load_data(&a.data)?;
+    let (mut tr, te) = a.data.load()?;
     if let Some(l) = a.limit {
         let idx: Vec<usize> = (0..l.min(tr.len())).collect();
         tr = tr.subset(&idx);
@@ -150,7 +130,7 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     let info = &mut model.info;
     info.insert("arch".into(), cfg.arch_name());
     info.insert("width".into(), a.width.to_string());
-    info.insert("data".into(), a.data.clone());
+    info.insert("data".into(), a.data.describe());
     info.insert("train_images".into(), tr.len().to_string());
     info.insert("exclude".into(), a.exclude.clone().unwrap_or_default());
     info.insert(
@@ -205,98 +185,5 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     model_file::save(&model, &a.out).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&ck);
     println!("saved {}", a.out.display());
-    Ok(())
-}
-
-pub fn eval(a: EvalArgs) -> Result<(), String> {
-    let model = model_file::load(&a.model).map_err(|e| e.to_string())?;
-    let (_, te) = load_data(&a.data)?;
-    check_compatible(&model, &te)?;
-    let acc = crate::eval::accuracy(&model, &te, None).map_err(|e| e.to_string())?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({ "test_acc": acc, "test_images": te.len(), "model": a.model.display().to_string() })
-        );
-    } else {
-        println!("test accuracy {acc:.2}% on {} images", te.len());
-    }
-    Ok(())
-}
-
-/// Rejects a data set whose image shape or class count the model cannot take.
-pub fn check_compatible(model: &Model, ds: &Dataset) -> Result<(), String> {
-    let s = model.graph.input_shape();
-    if [s.h, s.w, s.c] != ds.image_shape() || model.classes() != ds.classes {
-        return Err(format!(
-            "model takes {}x{}x{} images and {} classes; data set '{}' has {:?} and {}",
-            s.h,
-            s.w,
-            s.c,
-            model.classes(),
-            ds.name,
-            ds.image_shape(),
-            ds.classes
-        ));
-    }
-    Ok(())
-}
-
-pub fn inspect(a: InspectArgs) -> Result<(), String> {
-    let model = model_file::load(&a.file).map_err(|e| e.to_string())?;
-    let size = std::fs::metadata(&a.file).map_err(|e| e.to_string())?.len();
-    let g = &model.graph;
-    let count = |f: fn(&Op) -> bool| g.nodes.iter().filter(|o| f(o)).count();
-    let s = g.input_shape();
-    println!("file          {}", a.file.display());
-    println!(
-        "architecture  {} (width {})",
-        model.info.get("arch").map(String::as_str).unwrap_or("?"),
-        model.info.get("width").map(String::as_str).unwrap_or("?")
-    );
-    println!(
-        "input         {}x{}x{} u8, value = pixel/255",
-        s.h, s.w, s.c
-    );
-    println!("classes       {}", g.classes);
-    println!(
-        "quantization  {} (4-bit weights and activations)",
-        g.scheme.name()
-    );
-    let precs: Vec<String> = g
-        .nodes
-        .iter()
-        .filter_map(|o| match o {
-            Op::Conv { name, prec, .. } | Op::Linear { name, prec, .. } => {
-                Some(format!("{name}:{prec:?}"))
-            }
-            _ => None,
-        })
-        .filter(|s| !s.ends_with("Int4"))
-        .collect();
-    println!(
-        "non-4-bit     {}",
-        if precs.is_empty() {
-            "none".into()
-        } else {
-            precs.join(", ")
-        }
-    );
-    println!(
-        "layers        {} conv, {} batchnorm, {} act, {} linear",
-        count(|o| matches!(o, Op::Conv { .. })),
-        count(|o| matches!(o, Op::BatchNorm { .. })),
-        count(|o| matches!(o, Op::Act { .. })),
-        count(|o| matches!(o, Op::Linear { .. }))
-    );
-    println!("parameters    {}", model.param_count());
-    println!(
-        "size on disk  {} bytes ({:.1} KiB)",
-        size,
-        size as f64 / 1024.0
-    );
-    for (k, v) in &model.info {
-        println!("info.{k:<9} {v}");
-    }
     Ok(())
 }

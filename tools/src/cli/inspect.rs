@@ -1,0 +1,69 @@
+//! `qmul inspect`: what a model file holds.
+
+use clap::Args;
+use qmul_runtime::{model_file, Op};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    pub file: PathBuf,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<(), String> {
+    let model = model_file::load(&a.file).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(&a.file).map_err(|e| e.to_string())?.len();
+    let g = &model.graph;
+    let count = |f: fn(&Op) -> bool| g.nodes.iter().filter(|o| f(o)).count();
+    let s = g.input_shape();
+    println!("file          {}", a.file.display());
+    println!(
+        "architecture  {} (width {})",
+        model.info.get("arch").map(String::as_str).unwrap_or("?"),
+        model.info.get("width").map(String::as_str).unwrap_or("?")
+    );
+    println!(
+        "input         {}x{}x{} u8, value = pixel/255",
+        s.h, s.w, s.c
+    );
+    println!("classes       {}", g.classes);
+    println!(
+        "quantization  {} (4-bit weights and activations)",
+        g.scheme.name()
+    );
+    let precs: Vec<String> = g
+        .nodes
+        .iter()
+        .filter_map(|o| match o {
+            Op::Conv { name, prec, .. } | Op::Linear { name, prec, .. } => {
+                Some(format!("{name}:{prec:?}"))
+            }
+            _ => None,
+        })
+        .filter(|s| !s.ends_with("Int4"))
+        .collect();
+    println!(
+        "non-4-bit     {}",
+        if precs.is_empty() {
+            "none".into()
+        } else {
+            precs.join(", ")
+        }
+    );
+    println!(
+        "layers        {} conv, {} batchnorm, {} act, {} linear",
+        count(|o| matches!(o, Op::Conv { .. })),
+        count(|o| matches!(o, Op::BatchNorm { .. })),
+        count(|o| matches!(o, Op::Act { .. })),
+        count(|o| matches!(o, Op::Linear { .. }))
+    );
+    println!("parameters    {}", model.param_count());
+    println!(
+        "size on disk  {} bytes ({:.1} KiB)",
+        size,
+        size as f64 / 1024.0
+    );
+    for (k, v) in &model.info {
+        println!("info.{k:<9} {v}");
+    }
+    Ok(())
+}
