@@ -25,6 +25,8 @@ enum Cmd {
     Inspect(cli::InspectArgs),
     /// Make a model forget a set of training samples.
     Unlearn(cli::UnlearnArgs),
+    /// The main job: the shipped 4-bit model forgets 10% of its data, then one class.
+    Demo(cli::DemoArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
         Cmd::Unlearn(a) => cli::unlearn_cmd(a),
+        Cmd::Demo(a) => cli::demo(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,12 @@
 //! Argument types and bodies of the `qmul` subcommands, one module each.
 
+mod demo;
 mod eval;
 mod inspect;
 mod train;
 pub mod unlearn;
 
+pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
 pub use inspect::{inspect, InspectArgs};
 pub use train::{train, TrainArgs};

@@ -205,6 +205,48 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
+/// The deletion receipt of one run: what was forgotten (count and a hash of the
+/// samples, never the samples), how, the forgetting metrics before and after,
+/// and the hashes of the model files before and after.
+pub fn receipt(
+    tr: &crate::data::Dataset,
+    split: &Split,
+    spec: &str,
+    method: &str,
+    o: &Outcome,
+    model_before: &Path,
+    model_after: &Path,
+) -> Result<serde_json::Value, String> {
+    Ok(serde_json::json!({
+        "kind": "qmul-deletion-receipt",
+        "version": 1,
+        "forget_spec": spec,
+        "forget_count": split.forget.len(),
+        "forget_sha256": forgetting::forget_set_hash(tr, &split.forget),
+        "method": method,
+        "params": o.config,
+        "before": { "fa": o.before.fa, "mia": o.before.mia },
+        "after": { "fa": o.after.fa, "mia": o.after.mia },
+        "model_before_sha256": forgetting::file_hash(model_before)?,
+        "model_after_sha256": forgetting::file_hash(model_after)?,
+        "finished_unix": now_unix(),
+        "unlearn_seconds": o.seconds,
+    }))
+}
+
+/// Prints the before/after metrics as a small table.
+pub fn print_table(b: &Scores, f: &Scores) {
+    println!("            FA      RA      TA      MIA   (percent; FA on the forget set, MIA = forget samples judged non-members)");
+    println!(
+        "before  {:6.2}  {:6.2}  {:6.2}  {:6.2}",
+        b.fa, b.ra, b.ta, b.mia
+    );
+    println!(
+        "after   {:6.2}  {:6.2}  {:6.2}  {:6.2}",
+        f.fa, f.ra, f.ta, f.mia
+    );
+}
+
 /// Appends one JSON line to the receipt file and flushes it to disk.
 pub fn append_receipt(path: &Path, v: &serde_json::Value) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
@@ -244,16 +286,7 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
             );
         }
     }
-    let (b, f) = (&out.before, &out.after);
-    println!("            FA      RA      TA      MIA");
-    println!(
-        "before  {:6.2}  {:6.2}  {:6.2}  {:6.2}",
-        b.fa, b.ra, b.ta, b.mia
-    );
-    println!(
-        "after   {:6.2}  {:6.2}  {:6.2}  {:6.2}",
-        f.fa, f.ra, f.ta, f.mia
-    );
+    print_table(&out.before, &out.after);
     println!(
         "{} in {:.1}s, saved {}",
         a.method,
@@ -261,22 +294,8 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
         a.out.display()
     );
     if let Some(r) = &a.receipt {
-        let v = serde_json::json!({
-            "kind": "qmul-deletion-receipt",
-            "version": 1,
-            "forget_spec": a.forget,
-            "forget_count": split.forget.len(),
-            "forget_sha256": forgetting::forget_set_hash(&tr, &split.forget),
-            "method": a.method,
-            "params": out.config,
-            "before": { "fa": b.fa, "mia": b.mia },
-            "after": { "fa": f.fa, "mia": f.mia },
-            "model_before_sha256": forgetting::file_hash(&a.model)?,
-            "model_after_sha256": forgetting::file_hash(&a.out)?,
-            "started_unix": started,
-            "finished_unix": now_unix(),
-            "unlearn_seconds": out.seconds,
-        });
+        let mut v = receipt(&tr, &split, &a.forget, &a.method, &out, &a.model, &a.out)?;
+        v["started_unix"] = started.into();
         append_receipt(r, &v)?;
         println!("receipt appended to {}", r.display());
     }
