@@ -60,3 +60,124 @@ fn train_eval_inspect_on_the_shipped_subset() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid model file"));
 }
+
+#[test]
+fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m.qmul");
+    let st = qmul()
+        .args([
+            "train",
+            "--data",
+            "subset",
+            "--train-subset",
+            "1000:3",
+            "--arch",
+            "resnet10",
+            "--width",
+            "4",
+        ])
+        .args(["--epochs", "1", "--batch", "50", "--out"])
+        .arg(&m)
+        .env("QMUL_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let out = dir.path().join("u.qmul");
+    let receipt = dir.path().join("r.jsonl");
+    for method in ["qmul", "salun", "ga"] {
+        let u = qmul()
+            .args([
+                "unlearn",
+                "--data",
+                "subset",
+                "--train-subset",
+                "1000:3",
+                "--forget",
+                "random:0.1:1",
+                "--epochs",
+                "1",
+            ])
+            .args(["--method", method, "--model"])
+            .arg(&m)
+            .arg("--out")
+            .arg(&out)
+            .arg("--receipt")
+            .arg(&receipt)
+            .env("QMUL_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert!(
+            u.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&u.stderr)
+        );
+        assert!(String::from_utf8_lossy(&u.stdout).contains("after"));
+    }
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&receipt)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one receipt line per run, appended");
+    let r = &lines[0];
+    assert_eq!(r["forget_count"], 100);
+    assert_eq!(r["method"], "qmul");
+    assert_eq!(r["forget_sha256"].as_str().unwrap().len(), 64);
+    assert_ne!(r["model_before_sha256"], r["model_after_sha256"]);
+    assert!(r["before"]["fa"].is_number() && r["after"]["mia"].is_number());
+    assert_eq!(
+        lines[1]["forget_sha256"], r["forget_sha256"],
+        "same forget set, same hash"
+    );
+    // A model's gap to itself is zero.
+    let ev = qmul()
+        .args([
+            "eval",
+            "--data",
+            "subset",
+            "--train-subset",
+            "1000:3",
+            "--forget",
+            "class:2",
+            "--json",
+            "--model",
+        ])
+        .arg(&m)
+        .arg("--retrain")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(
+        ev.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ev.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(v["avg_gap"], 0.0);
+    assert_eq!(v["forget"], 100);
+    assert_eq!(
+        v["test"], 900,
+        "class-wise forgetting removes the class from the test set"
+    );
+    for k in ["fa", "ra", "ta", "mia"] {
+        let x = v[k].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&x), "{k} = {x}");
+    }
+    // Bad input is a clean error.
+    let bad = qmul()
+        .args([
+            "unlearn", "--data", "subset", "--forget", "class:42", "--model",
+        ])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("class 42 out of range"));
+}
