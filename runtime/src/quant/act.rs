@@ -145,6 +145,7 @@ pub fn backward(
         QuantScheme::Dsq => {
             let (u, alpha) = (q[0], q[1]);
             let d = u / QMAX;
+            let sharp = dsq::Sharpness::new(alpha);
             let (mut du, mut dalpha) = (0.0f64, 0.0f64);
             for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                 if xv < 0.0 {
@@ -153,7 +154,7 @@ pub fn backward(
                     *dxv = 0.0;
                     du += g as f64;
                 } else {
-                    let sg = dsq::soft_grad(xv, d, 0.0, alpha);
+                    let sg = sharp.grad(xv, d, 0.0);
                     *dxv = g * sg.dx;
                     du += (g * sg.dd / QMAX) as f64;
                     dalpha += (g * sg.dalpha) as f64;

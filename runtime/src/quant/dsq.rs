@@ -25,27 +25,57 @@ pub fn sharpness(alpha: f32) -> f32 {
     (2.0 / alpha - 1.0).ln()
 }
 
+/// The per-tensor constants of the soft quantizer for one alpha, computed once
+/// per tensor rather than per element (they cost a log and three hyperbolics).
+#[derive(Clone, Copy, Debug)]
+pub struct Sharpness {
+    c: f32,
+    s: f32,
+    ds_dc: f32,
+    dc_dalpha: f32,
+}
+
+impl Sharpness {
+    pub fn new(alpha: f32) -> Self {
+        let c = sharpness(alpha);
+        let half_c = 0.5 * c;
+        let sh = half_c.sinh();
+        Sharpness {
+            c,
+            s: 1.0 / half_c.tanh(),
+            ds_dc: -0.5 / (sh * sh),
+            dc_dalpha: -2.0 / (alpha * (2.0 - alpha)),
+        }
+    }
+
+    /// Derivatives of `Q_s` at `x` (inside the range) for interval `d`, offset `o`.
+    #[inline]
+    pub fn grad(&self, x: f32, d: f32, o: f32) -> SoftGrad {
+        let Sharpness {
+            c,
+            s,
+            ds_dc,
+            dc_dalpha,
+        } = *self;
+        let v = x / d + o;
+        let i = v.floor().clamp(0.0, 14.0);
+        let t = v - i - 0.5;
+        let th = (c * t).tanh();
+        let sech2 = 1.0 - th * th;
+        let dx = 0.5 * s * c * sech2;
+        let dd = (i - o + 0.5 + 0.5 * s * th) - (x / d) * dx;
+        let dq_dc = 0.5 * d * (ds_dc * th + s * t * sech2);
+        SoftGrad {
+            dx,
+            dd,
+            dalpha: dq_dc * dc_dalpha,
+        }
+    }
+}
+
 /// Derivatives of `Q_s` at `x` (inside the range) for interval `d`, offset `o`.
 pub fn soft_grad(x: f32, d: f32, o: f32, alpha: f32) -> SoftGrad {
-    let c = sharpness(alpha);
-    let half_c = 0.5 * c;
-    let s = 1.0 / half_c.tanh();
-    let v = x / d + o;
-    let i = v.floor().clamp(0.0, 14.0);
-    let t = v - i - 0.5;
-    let th = (c * t).tanh();
-    let sech2 = 1.0 - th * th;
-    let dx = 0.5 * s * c * sech2;
-    let dd = (i - o + 0.5 + 0.5 * s * th) - (x / d) * dx;
-    let sh = half_c.sinh();
-    let ds_dc = -0.5 / (sh * sh);
-    let dq_dc = 0.5 * d * (ds_dc * th + s * t * sech2);
-    let dc_dalpha = -2.0 / (alpha * (2.0 - alpha));
-    SoftGrad {
-        dx,
-        dd,
-        dalpha: dq_dc * dc_dalpha,
-    }
+    Sharpness::new(alpha).grad(x, d, o)
 }
 
 /// The soft quantizer itself (used to check [`soft_grad`] by finite differences).

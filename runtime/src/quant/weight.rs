@@ -165,6 +165,7 @@ pub fn backward(
         }
         WeightQuant::Dsq => {
             let alpha = q[cout];
+            let sharp = dsq::Sharpness::new(alpha);
             let mut dalpha = 0.0f64;
             for n in 0..cout {
                 let u = q[n];
@@ -180,7 +181,7 @@ pub fn backward(
                         dw[i] = 0.0;
                         du += gq as f64;
                     } else {
-                        let sg = dsq::soft_grad(x, d, 8.0, alpha);
+                        let sg = sharp.grad(x, d, 8.0);
                         dw[i] = gq * sg.dx;
                         du += (gq * sg.dd / 7.0) as f64;
                         dalpha += (gq * sg.dalpha) as f64;
