@@ -7,4 +7,5 @@ pub mod eval;
 pub mod forget;
 pub mod forgetting;
 pub mod progress;
+pub mod report;
 pub mod train;

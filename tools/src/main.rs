@@ -27,6 +27,8 @@ enum Cmd {
     Unlearn(cli::UnlearnArgs),
     /// The main job: the shipped 4-bit model forgets 10% of its data, then one class.
     Demo(cli::DemoArgs),
+    /// The full method table for one setting (cached models, resumable).
+    Experiment(cli::ExperimentArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => cli::inspect(a),
         Cmd::Unlearn(a) => cli::unlearn_cmd(a),
         Cmd::Demo(a) => cli::demo(a),
+        Cmd::Experiment(a) => cli::experiment(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -181,3 +181,61 @@ fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("class 42 out of range"));
 }
+
+#[test]
+fn experiment_caches_models_and_resumes_from_its_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let o = qmul()
+            .args([
+                "experiment",
+                "--data",
+                "subset",
+                "--train-subset",
+                "600:1",
+                "--arch",
+                "resnet10",
+                "--width",
+                "4",
+            ])
+            .args([
+                "--forget",
+                "random:0.1:1",
+                "--methods",
+                "qmul,ga",
+                "--seeds",
+                "2",
+                "--train-epochs",
+                "1",
+            ])
+            .args(["--set", "qmul:epochs=1,ga:epochs=1", "--report"])
+            .arg(dir.path())
+            .env("QMUL_NO_PROGRESS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let first = run();
+    assert!(first.contains("training original") && first.contains("training retrain"));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["runs"].as_array().unwrap().len(), 4);
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(
+        table.contains("| original (no unlearning) |")
+            && table.contains("| qmul |")
+            && table.contains("| ga |")
+    );
+    assert!(std::fs::read_to_string(dir.path().join("avg_gap.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    // A second invocation reuses both models and every finished run.
+    let second = run();
+    assert!(
+        second.contains("reusing")
+            && !second.contains("training original")
+            && !second.contains("seed 0:"),
+        "{second}"
+    );
+}

@@ -2,12 +2,14 @@
 
 mod demo;
 mod eval;
+mod experiment;
 mod inspect;
 mod train;
 pub mod unlearn;
 
 pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
+pub use experiment::{experiment, ExperimentArgs};
 pub use inspect::{inspect, InspectArgs};
 pub use train::{train, TrainArgs};
 pub use unlearn::{unlearn_cmd, UnlearnArgs};

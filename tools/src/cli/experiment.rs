@@ -1,0 +1,305 @@
+//! `qmul experiment`: the full method table for one setting. Trains (or reuses,
+//! by a hash of everything that determines them) the original and the Retrain
+//! models, runs every method for every seed, and writes `results.json`, a
+//! markdown table and an SVG chart of the Average Gap. The results file is
+//! rewritten after each run, so an interrupted experiment resumes where it
+//! stopped; model training resumes from its per-epoch checkpoint.
+
+use super::unlearn::{run, UnlearnArgs};
+use super::DataArgs;
+use crate::data::{Augment, Dataset};
+use crate::forget::{complement, ForgetSpec};
+use crate::forgetting;
+use crate::report::{self, Results, RunResult};
+use crate::train::{self, TrainConfig};
+use clap::Args;
+use qmul_models::{resnet, ResNetConfig};
+use qmul_runtime::metrics::avg_gap;
+use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    #[arg(long, default_value_t = 16)]
+    pub width: usize,
+    #[arg(long, default_value = "pact")]
+    pub quant: String,
+    #[arg(long)]
+    pub forget: String,
+    /// Comma-separated methods (qmul, rl, salun, ft, ga, l1, rl+sl, rl+agr).
+    #[arg(long, default_value = "qmul,rl,salun,ft,ga,l1")]
+    pub methods: String,
+    /// Unlearning seeds 0..N per method.
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Epochs for the original and Retrain models.
+    #[arg(long, default_value_t = 30)]
+    pub train_epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub train_lr: f32,
+    /// Train without augmentation (the models fit their training set sooner).
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Per-method overrides, e.g. `qmul:epochs=5:lr=0.02,ga:lr=1e-3`.
+    #[arg(long, default_value = "")]
+    pub set: String,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Output directory (results.json, table.md, avg_gap.svg, cached models).
+    #[arg(long)]
+    pub report: PathBuf,
+}
+
+/// `(epochs, lr)` overrides of one method from `--set`.
+fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), String> {
+    let (mut e, mut l) = (None, None);
+    for item in set.split(',').filter(|s| !s.is_empty()) {
+        let mut parts = item.split(':');
+        if parts.next() != Some(method) {
+            continue;
+        }
+        for kv in parts {
+            match kv.split_once('=') {
+                Some(("epochs", v)) => {
+                    e = Some(v.parse().map_err(|_| format!("--set: bad epochs '{v}'"))?)
+                }
+                Some(("lr", v)) => l = Some(v.parse().map_err(|_| format!("--set: bad lr '{v}'"))?),
+                _ => return Err(format!("--set: cannot read '{kv}' (epochs=N, lr=X)")),
+            }
+        }
+    }
+    Ok((e, l))
+}
+
+/// Trains a model from scratch on `train` unless a cached one exists.
+fn cached_model(
+    dir: &Path,
+    tag: &str,
+    key: &str,
+    cfg: &ResNetConfig,
+    train_set: &Dataset,
+    tcfg: &TrainConfig,
+) -> Result<(Model, f64), String> {
+    let hash: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = dir.join(format!("{tag}-{hash}.qmul"));
+    if path.exists() {
+        let m = model_file::load(&path).map_err(|e| e.to_string())?;
+        let secs = m
+            .info
+            .get("train_seconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+        eprintln!("reusing {} ({tag})", path.display());
+        return Ok((m, secs));
+    }
+    let ck = train::checkpoint_path(&path);
+    let (mut m, start) = if ck.exists() {
+        let m = model_file::load(&ck).map_err(|e| e.to_string())?;
+        let done = m
+            .info
+            .get("epochs_done")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (m, done)
+    } else {
+        let g = resnet(cfg).map_err(|e| e.to_string())?;
+        (
+            Model::new(
+                g,
+                InitOptions {
+                    seed: tcfg.seed,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?,
+            0,
+        )
+    };
+    eprintln!(
+        "training {tag} model ({} images, {} epochs)",
+        train_set.len(),
+        tcfg.epochs
+    );
+    let t0 = Instant::now();
+    let prev: f64 = m
+        .info
+        .get("train_seconds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    train::train(&mut m, train_set, None, tcfg, start, Some(&ck), |r| {
+        eprintln!(
+            "{tag} epoch {} loss {:.4} train acc {:.2}% ({:.0}s)",
+            r.epoch, r.loss, r.train_acc, r.seconds
+        )
+    })?;
+    let secs = prev + t0.elapsed().as_secs_f64();
+    m.info.insert("train_seconds".into(), format!("{secs:.1}"));
+    m.info.insert("cache_key".into(), key.to_string());
+    model_file::save(&m, &path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&ck);
+    Ok((m, secs))
+}
+
+fn save_results(dir: &Path, r: &Results) -> Result<(), String> {
+    let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+    model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
+    model_file::write_atomic(&dir.join("table.md"), report::table(r).as_bytes())
+        .map_err(|e| e.to_string())?;
+    model_file::write_atomic(&dir.join("avg_gap.svg"), report::gap_chart(r).as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
+    let scheme =
+        QuantScheme::parse(&a.quant).ok_or_else(|| format!("unknown --quant '{}'", a.quant))?;
+    let blocks = match a.arch.as_str() {
+        "resnet18" => [2, 2, 2, 2],
+        "resnet10" => [1, 1, 1, 1],
+        o => return Err(format!("unknown --arch '{o}'")),
+    };
+    let (tr, te) = a.data.load()?;
+    let spec = ForgetSpec::parse(&a.forget)?;
+    let split = forgetting::split(&spec, &tr, &te)?;
+    let methods: Vec<String> = a
+        .methods
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for m in &methods {
+        super::unlearn::parse_method(m, tr.classes, None, 0.5, 5e-4)?;
+        overrides(&a.set, m)?;
+    }
+    std::fs::create_dir_all(&a.report).map_err(|e| format!("{}: {e}", a.report.display()))?;
+    let [h, w, c] = tr.image_shape();
+    let cfg = ResNetConfig {
+        blocks,
+        width: a.width,
+        in_h: h,
+        in_w: w,
+        in_c: c,
+        classes: tr.classes,
+        scheme,
+        edge_precision: Precision::Int8,
+    };
+    let tcfg = TrainConfig {
+        epochs: a.train_epochs,
+        batch: 128,
+        lr: a.train_lr,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        seed: 0,
+        augment: if a.no_augment {
+            None
+        } else {
+            Some(Augment::for_size(h, w))
+        },
+    };
+    let base_key = format!(
+        "{}|{}|{:?}|{:?}",
+        a.data.describe(),
+        cfg.arch_name(),
+        cfg,
+        tcfg
+    );
+    let (original, _) = cached_model(&a.report, "original", &base_key, &cfg, &tr, &tcfg)?;
+    let retain_set = tr.subset(&complement(tr.len(), &split.forget));
+    let (retrain, retrain_secs) = cached_model(
+        &a.report,
+        "retrain",
+        &format!("{base_key}|exclude {}", a.forget),
+        &cfg,
+        &retain_set,
+        &tcfg,
+    )?;
+    let results_path = a.report.join("results.json");
+    let mut results: Results = match std::fs::read(&results_path) {
+        Ok(b) => {
+            serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", results_path.display()))?
+        }
+        Err(_) => Results::default(),
+    };
+    let setting = serde_json::json!({
+        "data": a.data.describe(), "arch": cfg.arch_name(), "width": a.width, "quant": a.quant, "forget": a.forget,
+        "forget_count": split.forget.len(), "retain_count": split.retain.len(), "test_count": split.test.len(),
+        "train_epochs": a.train_epochs, "train_lr": a.train_lr, "augment": !a.no_augment, "set": a.set, "batch": a.batch,
+        "agr_retain_estimate": "retain batches sampled to the forget loader's batch count",
+    });
+    if results.runs.is_empty() {
+        results.setting = setting;
+    } else if results.setting != setting {
+        return Err(format!(
+            "{} holds results of another setting; use another --report directory",
+            results_path.display()
+        ));
+    }
+    let before = forgetting::scores(&original, &tr, &te, &split)?;
+    let rt = match results.retrain {
+        Some(s) => s,
+        None => forgetting::scores(&retrain, &tr, &te, &split)?,
+    };
+    results.original = Some(before);
+    results.retrain = Some(rt);
+    results.retrain_seconds = Some(retrain_secs);
+    save_results(&a.report, &results)?;
+    let model_path = a.report.join("original.qmul");
+    for seed in 0..a.seeds {
+        for m in &methods {
+            if results
+                .runs
+                .iter()
+                .any(|r| &r.method == m && r.seed == seed)
+            {
+                continue;
+            }
+            let (epochs, lr) = overrides(&a.set, m)?;
+            let args = UnlearnArgs {
+                model: model_path.clone(),
+                data: a.data.clone(),
+                forget: a.forget.clone(),
+                method: m.clone(),
+                epochs,
+                lr,
+                batch: a.batch,
+                seed,
+                variant: None,
+                sparsity: 0.5,
+                l1_gamma: 5e-4,
+                out: PathBuf::new(),
+                receipt: None,
+            };
+            let o = run(&original, &tr, &te, &split, &args, before)?;
+            let g = avg_gap(&o.after, &rt);
+            eprintln!(
+                "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s)",
+                o.after.fa, o.after.ra, o.after.ta, o.after.mia, o.seconds
+            );
+            results.runs.push(RunResult {
+                method: m.clone(),
+                seed,
+                scores: o.after,
+                avg_gap: g,
+                seconds: o.seconds,
+                config: o.config,
+                epochs: o.logs,
+            });
+            save_results(&a.report, &results)?;
+        }
+    }
+    print!("{}", report::table(&results));
+    println!(
+        "wrote {}/results.json, table.md, avg_gap.svg",
+        a.report.display()
+    );
+    Ok(())
+}

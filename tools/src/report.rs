@@ -1,0 +1,190 @@
+//! Experiment reports: the results file, the markdown table in the layout of the
+//! paper's (FA, RA, TA, MIA, Average Gap, time; mean +- std over seeds), and an
+//! SVG bar chart of the Average Gap per method.
+
+use qmul_runtime::metrics::Scores;
+use serde::{Deserialize, Serialize};
+
+/// One finished run of one method with one seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    pub method: String,
+    pub seed: u64,
+    pub scores: Scores,
+    pub avg_gap: f64,
+    pub seconds: f64,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(default)]
+    pub epochs: Vec<qmul_runtime::unlearn::EpochLog>,
+}
+
+/// Everything an experiment has produced so far; rewritten after every run so
+/// an interrupted experiment resumes from it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub setting: serde_json::Value,
+    pub original: Option<Scores>,
+    pub retrain: Option<Scores>,
+    pub retrain_seconds: Option<f64>,
+    pub runs: Vec<RunResult>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn cell(v: &[f64]) -> String {
+    let (m, s) = mean_std(v);
+    if v.len() > 1 {
+        format!("{m:.2} ± {s:.2}")
+    } else {
+        format!("{m:.2}")
+    }
+}
+
+/// Methods in first-seen order.
+pub fn methods(r: &Results) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for run in &r.runs {
+        if !out.contains(&run.method) {
+            out.push(run.method.clone());
+        }
+    }
+    out
+}
+
+/// Mean Average Gap per method.
+pub fn mean_gaps(r: &Results) -> Vec<(String, f64)> {
+    methods(r)
+        .into_iter()
+        .map(|m| {
+            let g: Vec<f64> = r
+                .runs
+                .iter()
+                .filter(|x| x.method == m)
+                .map(|x| x.avg_gap)
+                .collect();
+            (m, mean_std(&g).0)
+        })
+        .collect()
+}
+
+/// The markdown table.
+pub fn table(r: &Results) -> String {
+    let mut s = String::from("| method | FA | RA | TA | MIA | Avg. Gap | time (s) | runs |\n|---|---|---|---|---|---|---|---|\n");
+    if let (Some(o), Some(rt)) = (&r.original, &r.retrain) {
+        let g = qmul_runtime::metrics::avg_gap(o, rt);
+        s += &format!(
+            "| original (no unlearning) | {:.2} | {:.2} | {:.2} | {:.2} | {g:.2} | - | 1 |\n",
+            o.fa, o.ra, o.ta, o.mia
+        );
+        let t = r
+            .retrain_seconds
+            .map(|t| format!("{t:.0}"))
+            .unwrap_or_else(|| "-".into());
+        s += &format!(
+            "| retrain | {:.2} | {:.2} | {:.2} | {:.2} | 0.00 | {t} | 1 |\n",
+            rt.fa, rt.ra, rt.ta, rt.mia
+        );
+    }
+    for m in methods(r) {
+        let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.method == m).collect();
+        let col =
+            |f: &dyn Fn(&RunResult) -> f64| cell(&runs.iter().map(|x| f(x)).collect::<Vec<_>>());
+        s += &format!(
+            "| {m} | {} | {} | {} | {} | {} | {} | {} |\n",
+            col(&|x| x.scores.fa),
+            col(&|x| x.scores.ra),
+            col(&|x| x.scores.ta),
+            col(&|x| x.scores.mia),
+            col(&|x| x.avg_gap),
+            col(&|x| x.seconds),
+            runs.len()
+        );
+    }
+    s
+}
+
+/// A bar chart of the mean Average Gap per method (plus the original model), as SVG.
+pub fn gap_chart(r: &Results) -> String {
+    let mut bars = mean_gaps(r);
+    if let (Some(o), Some(rt)) = (&r.original, &r.retrain) {
+        bars.insert(
+            0,
+            ("original".into(), qmul_runtime::metrics::avg_gap(o, rt)),
+        );
+    }
+    let (w, bar_h, gap, left) = (640.0, 26.0, 10.0, 110.0);
+    let h = 50.0 + bars.len() as f64 * (bar_h + gap);
+    let max = bars.iter().map(|b| b.1).fold(1e-9, f64::max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <text x=\"{left}\" y=\"20\" font-weight=\"bold\">Average Gap to Retrain (lower is better)</text>\n"
+    );
+    for (i, (name, v)) in bars.iter().enumerate() {
+        let y = 35.0 + i as f64 * (bar_h + gap);
+        let len = (w - left - 80.0) * v / max;
+        let color = if name == "qmul" {
+            "#2b6cb0"
+        } else if name == "original" {
+            "#a0a0a0"
+        } else {
+            "#e07b39"
+        };
+        s += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text>\n<rect x=\"{left}\" y=\"{y}\" width=\"{len:.1}\" height=\"{bar_h}\" fill=\"{color}\"/>\n<text x=\"{:.1}\" y=\"{}\">{v:.2}</text>\n",
+            left - 8.0,
+            y + bar_h * 0.7,
+            left + len + 6.0,
+            y + bar_h * 0.7
+        );
+    }
+    s + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_has_mean_and_std_over_seeds() {
+        let sc = |fa| Scores {
+            fa,
+            ra: 99.0,
+            ta: 90.0,
+            mia: 10.0,
+        };
+        let mut r = Results {
+            original: Some(sc(100.0)),
+            retrain: Some(sc(90.0)),
+            ..Default::default()
+        };
+        for (seed, fa) in [(0, 92.0), (1, 94.0)] {
+            r.runs.push(RunResult {
+                method: "qmul".into(),
+                seed,
+                scores: sc(fa),
+                avg_gap: (fa - 90.0) / 4.0,
+                seconds: 10.0,
+                config: Default::default(),
+                epochs: vec![],
+            });
+        }
+        let t = table(&r);
+        assert!(t.contains("| qmul | 93.00 ± 1.41 |"), "{t}");
+        assert!(
+            t.contains("| original (no unlearning) | 100.00 | 99.00 | 90.00 | 10.00 | 2.50 |"),
+            "{t}"
+        );
+        assert!(gap_chart(&r).contains("<svg") && gap_chart(&r).contains("qmul"));
+        assert_eq!(mean_gaps(&r), vec![("qmul".to_string(), 0.75)]);
+    }
+}
