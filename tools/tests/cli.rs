@@ -239,3 +239,28 @@ fn experiment_caches_models_and_resumes_from_its_results() {
         "{second}"
     );
 }
+
+#[test]
+fn demo_runs_on_what_the_repository_ships() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = qmul()
+        .args(["demo", "--epochs", "1", "--out-dir"])
+        .arg(dir.path())
+        .env("QMUL_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        out,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(out.matches("before ").count(), 2, "{out}");
+    assert!(
+        dir.path().join("forget-random10.qmul").exists()
+            && dir.path().join("forget-class.qmul").exists()
+    );
+    let receipts = std::fs::read_to_string(dir.path().join("receipts.jsonl")).unwrap();
+    assert_eq!(receipts.lines().count(), 2);
+}
