@@ -44,7 +44,7 @@ const LAYERS: [Layer; 5] = [
     Layer {
         name: "stem",
         pixels: BATCH * 28 * 28,
-        kd: 27,
+        kd: 9,
         cout: 16,
         eight_bit: true,
     },
