@@ -345,6 +345,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelFileError> {
                         ));
                     }
                     let data = cv.data();
+                    let mut codes = Vec::with_capacity(rows * kdim);
                     let mut latent = Vec::with_capacity(rows * kdim);
                     for r in 0..rows {
                         let row = &data[r * rb..(r + 1) * rb];
@@ -356,6 +357,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelFileError> {
                                 row[j] as i8
                             };
                             if j < kdim {
+                                codes.push(c);
                                 latent.push(c as f32 * scale[r]);
                             } else if c != 0 {
                                 return invalid(format!("{cn}: row {r} has non-zero padding"));
@@ -369,6 +371,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelFileError> {
                     if q.scale != scale {
                         return invalid(format!(
                             "{sn}: scales disagree with the quantizer parameters"
+                        ));
+                    }
+                    if q.codes != codes {
+                        return invalid(format!(
+                            "{cn}: codes outside the quantizer's range for their scales"
                         ));
                     }
                     expected.push(cn);
