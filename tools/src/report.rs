@@ -28,6 +28,56 @@ pub struct Results {
     pub retrain: Option<Scores>,
     pub retrain_seconds: Option<f64>,
     pub runs: Vec<RunResult>,
+    /// Grid-search trials on the validation scenario (one per method x setting).
+    #[serde(default)]
+    pub tuning: Vec<TuneTrial>,
+}
+
+/// One setting of one method tried on the validation scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TuneTrial {
+    pub method: String,
+    pub epochs: usize,
+    pub lr: f32,
+    pub scores: Scores,
+    pub avg_gap: f64,
+    pub seconds: f64,
+}
+
+/// The setting with the lowest validation Average Gap of each method.
+pub fn chosen(r: &Results, method: &str) -> Option<(usize, f32)> {
+    r.tuning
+        .iter()
+        .filter(|t| t.method == method)
+        .min_by(|a, b| a.avg_gap.total_cmp(&b.avg_gap))
+        .map(|t| (t.epochs, t.lr))
+}
+
+/// The tuning table: every trial, the chosen one marked.
+pub fn tuning_table(r: &Results) -> String {
+    if r.tuning.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\n## Tuning on the validation scenario\n\n| method | epochs | lr | FA | RA | TA | MIA | Avg. Gap | chosen |\n|---|---|---|---|---|---|---|---|---|\n");
+    for t in &r.tuning {
+        let mark = if chosen(r, &t.method) == Some((t.epochs, t.lr)) {
+            "yes"
+        } else {
+            ""
+        };
+        s += &format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {mark} |\n",
+            t.method,
+            t.epochs,
+            t.lr,
+            t.scores.fa,
+            t.scores.ra,
+            t.scores.ta,
+            t.scores.mia,
+            t.avg_gap
+        );
+    }
+    s
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {

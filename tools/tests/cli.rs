@@ -208,7 +208,13 @@ fn experiment_caches_models_and_resumes_from_its_results() {
                 "--train-epochs",
                 "1",
             ])
-            .args(["--set", "qmul:epochs=1,ga:epochs=1", "--report"])
+            .args([
+                "--set",
+                "qmul:epochs=1,ga:epochs=1",
+                "--grid",
+                "lr=0.01,0.02;epochs=1",
+                "--report",
+            ])
             .arg(dir.path())
             .env("QMUL_NO_PROGRESS", "1")
             .output()
@@ -221,6 +227,11 @@ fn experiment_caches_models_and_resumes_from_its_results() {
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
     assert_eq!(results["runs"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        results["tuning"].as_array().unwrap().len(),
+        4,
+        "2 methods x 2 grid points on the validation scenario"
+    );
     let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
     assert!(
         table.contains("| original (no unlearning) |")

@@ -46,9 +46,15 @@ pub struct ExperimentArgs {
     /// Train without augmentation (the models fit their training set sooner).
     #[arg(long)]
     pub no_augment: bool,
-    /// Per-method overrides, e.g. `qmul:epochs=5:lr=0.02,ga:lr=1e-3`.
+    /// Per-method overrides, e.g. `qmul:epochs=5:lr=0.02,ga:lr=1e-3` (win over tuning).
     #[arg(long, default_value = "")]
     pub set: String,
+    /// Tune every method on the same grid, e.g. `lr=0.01,0.05;epochs=5,10`, scored
+    /// by Average Gap on a validation scenario the evaluation does not see: a
+    /// forget set drawn from the retain set (random forgetting) or the next class
+    /// (class-wise), with its own Retrain model.
+    #[arg(long)]
+    pub grid: Option<String>,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Output directory (results.json, table.md, avg_gap.svg, cached models).
@@ -150,6 +156,58 @@ fn cached_model(
     Ok((m, secs))
 }
 
+/// `(epochs, lr)` settings of a grid `lr=a,b;epochs=c,d`.
+fn parse_grid(g: &str) -> Result<Vec<(usize, f32)>, String> {
+    let (mut lrs, mut eps) = (Vec::new(), Vec::new());
+    for part in g.split(';').filter(|s| !s.trim().is_empty()) {
+        let (k, vs) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--grid: cannot read '{part}'"))?;
+        for v in vs.split(',') {
+            match k.trim() {
+                "lr" => lrs.push(
+                    v.trim()
+                        .parse::<f32>()
+                        .map_err(|_| format!("--grid: bad lr '{v}'"))?,
+                ),
+                "epochs" => eps.push(
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("--grid: bad epochs '{v}'"))?,
+                ),
+                o => return Err(format!("--grid: unknown key '{o}' (lr, epochs)")),
+            }
+        }
+    }
+    if lrs.is_empty() || eps.is_empty() {
+        return Err("--grid needs lr=... and epochs=...".into());
+    }
+    Ok(eps
+        .iter()
+        .flat_map(|&e| lrs.iter().map(move |&l| (e, l)))
+        .collect())
+}
+
+/// The validation scenario's forget indices: a random share of the retain set
+/// the size of the evaluated forget set, or the next class.
+fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split) -> Vec<usize> {
+    match spec {
+        ForgetSpec::Class(k) => {
+            let v = (k + 1) % tr.classes;
+            (0..tr.len())
+                .filter(|&i| tr.label(i) as usize == v)
+                .collect()
+        }
+        _ => {
+            let mut r = split.retain.clone();
+            crate::data::Rng::new(0x5a11_da7e).shuffle(&mut r);
+            r.truncate(split.forget.len());
+            r.sort_unstable();
+            r
+        }
+    }
+}
+
 fn save_results(dir: &Path, r: &Results) -> Result<(), String> {
     let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
@@ -232,7 +290,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     let setting = serde_json::json!({
         "data": a.data.describe(), "arch": cfg.arch_name(), "width": a.width, "quant": a.quant, "forget": a.forget,
         "forget_count": split.forget.len(), "retain_count": split.retain.len(), "test_count": split.test.len(),
-        "train_epochs": a.train_epochs, "train_lr": a.train_lr, "augment": !a.no_augment, "set": a.set, "batch": a.batch,
+        "train_epochs": a.train_epochs, "train_lr": a.train_lr, "augment": !a.no_augment, "set": a.set, "grid": a.grid, "batch": a.batch,
         "agr_retain_estimate": "retain batches sampled to the forget loader's batch count",
     });
     if results.runs.is_empty() {
@@ -253,6 +311,76 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     results.retrain_seconds = Some(retrain_secs);
     save_results(&a.report, &results)?;
     let model_path = a.report.join("original.qmul");
+    let unlearn_args = |m: &str, epochs, lr, seed, forget: &str| UnlearnArgs {
+        model: model_path.clone(),
+        data: a.data.clone(),
+        forget: forget.to_string(),
+        method: m.to_string(),
+        epochs,
+        lr,
+        batch: a.batch,
+        seed,
+        variant: None,
+        sparsity: 0.5,
+        l1_gamma: 5e-4,
+        out: PathBuf::new(),
+        receipt: None,
+    };
+    if let Some(g) = &a.grid {
+        let grid = parse_grid(g)?;
+        let vf = validation_forget(&spec, &tr, &split);
+        let vsplit = forgetting::Split {
+            retain: complement(tr.len(), &vf),
+            test: (0..te.len())
+                .filter(|&i| {
+                    spec.class().map(|k| (k + 1) % tr.classes) != Some(te.label(i) as usize)
+                })
+                .collect(),
+            class: spec.class().map(|k| (k + 1) % tr.classes),
+            forget: vf,
+        };
+        let vretain = tr.subset(&vsplit.retain);
+        let (vmodel, _) = cached_model(
+            &a.report,
+            "retrain-validation",
+            &format!("{base_key}|validation of {}", a.forget),
+            &cfg,
+            &vretain,
+            &tcfg,
+        )?;
+        let vrt = forgetting::scores(&vmodel, &tr, &te, &vsplit)?;
+        let vbefore = forgetting::scores(&original, &tr, &te, &vsplit)?;
+        for m in &methods {
+            for &(epochs, lr) in &grid {
+                if results
+                    .tuning
+                    .iter()
+                    .any(|t| &t.method == m && t.epochs == epochs && t.lr == lr)
+                {
+                    continue;
+                }
+                let o = run(
+                    &original,
+                    &tr,
+                    &te,
+                    &vsplit,
+                    &unlearn_args(m, Some(epochs), Some(lr), 0, "validation"),
+                    vbefore,
+                )?;
+                let g = avg_gap(&o.after, &vrt);
+                eprintln!("tuning {m} epochs {epochs} lr {lr}: validation AG {g:.2}");
+                results.tuning.push(report::TuneTrial {
+                    method: m.clone(),
+                    epochs,
+                    lr,
+                    scores: o.after,
+                    avg_gap: g,
+                    seconds: o.seconds,
+                });
+                save_results(&a.report, &results)?;
+            }
+        }
+    }
     for seed in 0..a.seeds {
         for m in &methods {
             if results
@@ -262,23 +390,19 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             {
                 continue;
             }
-            let (epochs, lr) = overrides(&a.set, m)?;
-            let args = UnlearnArgs {
-                model: model_path.clone(),
-                data: a.data.clone(),
-                forget: a.forget.clone(),
-                method: m.clone(),
-                epochs,
-                lr,
-                batch: a.batch,
-                seed,
-                variant: None,
-                sparsity: 0.5,
-                l1_gamma: 5e-4,
-                out: PathBuf::new(),
-                receipt: None,
-            };
-            let o = run(&original, &tr, &te, &split, &args, before)?;
+            let (mut epochs, mut lr) = overrides(&a.set, m)?;
+            if let Some((te_, tl)) = report::chosen(&results, m) {
+                epochs = epochs.or(Some(te_));
+                lr = lr.or(Some(tl));
+            }
+            let o = run(
+                &original,
+                &tr,
+                &te,
+                &split,
+                &unlearn_args(m, epochs, lr, seed, &a.forget),
+                before,
+            )?;
             let g = avg_gap(&o.after, &rt);
             eprintln!(
                 "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s)",
@@ -296,7 +420,11 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             save_results(&a.report, &results)?;
         }
     }
-    print!("{}", report::table(&results));
+    print!(
+        "{}{}",
+        report::table(&results),
+        report::tuning_table(&results)
+    );
     println!(
         "wrote {}/results.json, table.md, avg_gap.svg",
         a.report.display()
