@@ -18,6 +18,7 @@ pub struct Progress {
 const LINE_EVERY_S: f64 = 30.0;
 
 impl Progress {
+    /// A display for `total` units; with `total == 0` (not known yet) it shows nothing.
     pub fn new(total: u64, label: &str) -> Self {
         let bar =
             if std::io::stderr().is_terminal() && std::env::var_os("QMUL_NO_PROGRESS").is_none() {
@@ -52,7 +53,7 @@ impl Progress {
                 b.inc(n);
             }
             None => {
-                if self.last_line.elapsed().as_secs_f64() >= LINE_EVERY_S {
+                if self.total > 0 && self.last_line.elapsed().as_secs_f64() >= LINE_EVERY_S {
                     self.last_line = Instant::now();
                     let el = self.start.elapsed().as_secs_f64();
                     let rate = self.done as f64 / el.max(1e-9);
