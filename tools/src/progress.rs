@@ -7,6 +7,7 @@ use std::time::Instant;
 
 pub struct Progress {
     bar: Option<ProgressBar>,
+    unit: &'static str,
     label: String,
     total: u64,
     done: u64,
@@ -37,12 +38,19 @@ impl Progress {
             };
         Progress {
             bar,
+            unit: "img",
             label: label.to_string(),
             total,
             done: 0,
             start: Instant::now(),
             last_line: Instant::now(),
         }
+    }
+
+    /// Names what is counted in the plain progress lines (default `img`).
+    pub fn unit(mut self, unit: &'static str) -> Self {
+        self.unit = unit;
+        self
     }
 
     pub fn advance(&mut self, n: u64, msg: &str) {
@@ -59,8 +67,8 @@ impl Progress {
                     let rate = self.done as f64 / el.max(1e-9);
                     let eta = (self.total.saturating_sub(self.done)) as f64 / rate.max(1e-9);
                     eprintln!(
-                        "{} {}/{} {:.0} img/s ETA {:.0}s {}",
-                        self.label, self.done, self.total, rate, eta, msg
+                        "{} {}/{} {:.1} {}/s ETA {:.0}s {}",
+                        self.label, self.done, self.total, rate, self.unit, eta, msg
                     );
                 }
             }

@@ -46,6 +46,10 @@ fn shipped_model() -> PathBuf {
 pub fn demo(a: DemoArgs) -> Result<(), String> {
     let t_all = Instant::now();
     let model_path = a.model.clone().unwrap_or_else(shipped_model);
+    let shown = a
+        .model
+        .as_ref()
+        .map_or_else(|| SHIPPED_MODEL.to_string(), |p| p.display().to_string());
     let model =
         model_file::load(&model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
     let data = DataArgs {
@@ -58,7 +62,7 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
     let receipts = a.out_dir.join("receipts.jsonl");
     println!(
         "qmul demo: {} ({} on the shipped Fashion-MNIST subset: {} train / {} test images), kernels {}",
-        model_path.display(),
+        shown,
         model.info.get("arch").map(String::as_str).unwrap_or("model"),
         tr.len(),
         te.len(),

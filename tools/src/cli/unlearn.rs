@@ -141,7 +141,8 @@ pub fn run(
                 &cfg,
                 &mut |p| {
                     if last == 0 {
-                        bar = Progress::new(p.steps as u64, &format!("unlearn {}", a.method));
+                        bar = Progress::new(p.steps as u64, &format!("unlearn {}", a.method))
+                            .unit("steps");
                     }
                     bar.advance(
                         p.step as u64 - last,
