@@ -11,6 +11,7 @@ use crate::{QGemm, SGemm};
 use std::sync::OnceLock;
 
 pub mod scalar;
+mod scratch;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod sgemm_blocking;
 

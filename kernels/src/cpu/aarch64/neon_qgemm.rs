@@ -21,9 +21,9 @@
 //! bitwise equal to it.
 
 use super::detect_neon;
+pub(super) use crate::cpu::scratch::{as_i8, with_scratch};
 use crate::QGemm;
 use std::arch::aarch64::*;
-use std::cell::Cell;
 
 /// Rows of A per register tile.
 pub(super) const MR: usize = 4;
@@ -240,33 +240,6 @@ unsafe fn tile_u8s8<const R: usize>(
         }
     }
     sums
-}
-
-/// Runs `f` on three scratch buffers of the given lengths, kept between calls
-/// on this thread: allocating and zeroing them on every call cost as much as
-/// the products of a small GEMM. They hold whatever the last call left.
-pub(super) fn with_scratch<T>(lens: [usize; 3], f: impl FnOnce([&mut [u8]; 3]) -> T) -> T {
-    thread_local! {
-        static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| {
-        let mut buf = cell.take();
-        let total = lens.iter().sum();
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
-        let (x, rest) = buf.split_at_mut(lens[0]);
-        let (y, rest) = rest.split_at_mut(lens[1]);
-        let out = f([x, y, &mut rest[..lens[2]]]);
-        cell.set(buf);
-        out
-    })
-}
-
-/// The same bytes, as i8.
-pub(super) fn as_i8(b: &mut [u8]) -> &mut [i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len()) }
 }
 
 /// Writes the first `cols` sums of each row of a tile whose top left output is

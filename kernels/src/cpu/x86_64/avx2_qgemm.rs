@@ -26,9 +26,9 @@
 //! the scalar reference, so results are bitwise equal to it.
 
 use super::detect_avx2;
+pub(super) use crate::cpu::scratch::{as_i8, with_scratch};
 use crate::QGemm;
 use std::arch::x86_64::*;
-use std::cell::Cell;
 
 /// Fewest rows of A for column lanes with u4 x s4 codes. With fewer, repacking
 /// B costs more than it saves (crossovers measured on Zen 4).
@@ -333,33 +333,6 @@ unsafe fn store16(p: &QGemm, c: &mut [f32], i: usize, j0: usize, cols: usize, ac
         };
         unsafe { _mm256_maskstore_ps(dst, mask, v) };
     }
-}
-
-/// Runs `f` on three scratch buffers of the given lengths, kept between calls
-/// on this thread: allocating and zeroing them on every call cost as much as
-/// the products of a small GEMM. They hold whatever the last call left.
-pub(super) fn with_scratch<T>(lens: [usize; 3], f: impl FnOnce([&mut [u8]; 3]) -> T) -> T {
-    thread_local! {
-        static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| {
-        let mut buf = cell.take();
-        let total = lens.iter().sum();
-        if buf.len() < total {
-            buf.resize(total, 0);
-        }
-        let (x, rest) = buf.split_at_mut(lens[0]);
-        let (y, rest) = rest.split_at_mut(lens[1]);
-        let out = f([x, y, &mut rest[..lens[2]]]);
-        cell.set(buf);
-        out
-    })
-}
-
-/// The same bytes, as i8.
-pub(super) fn as_i8(b: &mut [u8]) -> &mut [i8] {
-    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
-    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len()) }
 }
 
 // ----------------------------------------------------------------- row dots
