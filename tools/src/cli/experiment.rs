@@ -5,7 +5,7 @@
 //! rewritten after each run, so an interrupted experiment resumes where it
 //! stopped; model training resumes from its per-epoch checkpoint.
 
-use super::unlearn::{run, UnlearnArgs};
+use super::unlearn::{parse_method, run, UnlearnArgs};
 use super::DataArgs;
 use crate::data::{Augment, Dataset};
 use crate::forget::{complement, ForgetSpec};
@@ -15,6 +15,7 @@ use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::metrics::avg_gap;
+use qmul_runtime::unlearn::Config;
 use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -52,7 +53,8 @@ pub struct ExperimentArgs {
     /// Tune every method on the same grid, e.g. `lr=0.01,0.05;epochs=5,10`, scored
     /// by Average Gap on a validation scenario the evaluation does not see: a
     /// forget set drawn from the retain set (random forgetting) or the next class
-    /// (class-wise), with its own Retrain model.
+    /// (class-wise), with its own Retrain model. `lrx=1,5` gives rates as
+    /// multiples of each method's reference default instead.
     #[arg(long)]
     pub grid: Option<String>,
     #[arg(long, default_value_t = 256)]
@@ -156,31 +158,57 @@ fn cached_model(
     Ok((m, secs))
 }
 
-/// `(epochs, lr)` settings of a grid `lr=a,b;epochs=c,d`.
-fn parse_grid(g: &str) -> Result<Vec<(usize, f32)>, String> {
+/// A learning rate on the tuning grid: absolute (`lr=`), or a multiple of the
+/// method's reference default (`lrx=`), so that methods whose sensible rates
+/// differ by orders of magnitude (GA's 1e-4 against FT's 1e-2) get the same
+/// relative search.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GridLr {
+    Abs(f32),
+    Times(f32),
+}
+
+impl GridLr {
+    /// The rate for a method whose reference default is `default`.
+    fn resolve(self, default: f32) -> f32 {
+        match self {
+            GridLr::Abs(l) => l,
+            GridLr::Times(x) => x * default,
+        }
+    }
+}
+
+/// `(epochs, lr)` settings of a grid `lr=a,b;epochs=c,d` or `lrx=a,b;epochs=c,d`.
+fn parse_grid(g: &str) -> Result<Vec<(usize, GridLr)>, String> {
     let (mut lrs, mut eps) = (Vec::new(), Vec::new());
     for part in g.split(';').filter(|s| !s.trim().is_empty()) {
         let (k, vs) = part
             .split_once('=')
             .ok_or_else(|| format!("--grid: cannot read '{part}'"))?;
         for v in vs.split(',') {
+            let num = |what: &str| {
+                v.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| format!("--grid: bad {what} '{v}' (a positive number)"))
+            };
             match k.trim() {
-                "lr" => lrs.push(
-                    v.trim()
-                        .parse::<f32>()
-                        .map_err(|_| format!("--grid: bad lr '{v}'"))?,
-                ),
+                "lr" => lrs.push(GridLr::Abs(num("lr")?)),
+                "lrx" => lrs.push(GridLr::Times(num("lrx")?)),
                 "epochs" => eps.push(
                     v.trim()
                         .parse::<usize>()
-                        .map_err(|_| format!("--grid: bad epochs '{v}'"))?,
+                        .ok()
+                        .filter(|&e| e > 0)
+                        .ok_or_else(|| format!("--grid: bad epochs '{v}'"))?,
                 ),
-                o => return Err(format!("--grid: unknown key '{o}' (lr, epochs)")),
+                o => return Err(format!("--grid: unknown key '{o}' (lr, lrx, epochs)")),
             }
         }
     }
     if lrs.is_empty() || eps.is_empty() {
-        return Err("--grid needs lr=... and epochs=...".into());
+        return Err("--grid needs lr=... (or lrx=...) and epochs=...".into());
     }
     Ok(eps
         .iter()
@@ -351,7 +379,12 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         let vrt = forgetting::scores(&vmodel, &tr, &te, &vsplit)?;
         let vbefore = forgetting::scores(&original, &tr, &te, &vsplit)?;
         for m in &methods {
-            for &(epochs, lr) in &grid {
+            let default_lr = match parse_method(m, tr.classes, None, 0.5, 5e-4)? {
+                Some(method) => Config::new(method).lr,
+                None => return Err("--grid: retrain is not tuned".into()),
+            };
+            for &(epochs, glr) in &grid {
+                let lr = glr.resolve(default_lr);
                 if results
                     .tuning
                     .iter()
@@ -430,4 +463,49 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         a.report.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_is_every_epochs_and_lr_pair() {
+        let g = parse_grid("lr=0.01,0.05;epochs=1,2").unwrap();
+        assert_eq!(
+            g,
+            vec![
+                (1, GridLr::Abs(0.01)),
+                (1, GridLr::Abs(0.05)),
+                (2, GridLr::Abs(0.01)),
+                (2, GridLr::Abs(0.05)),
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_rates_scale_each_methods_default() {
+        let g = parse_grid("lrx=1,5;epochs=2").unwrap();
+        let ga = g.iter().map(|&(_, l)| l.resolve(1e-4)).collect::<Vec<_>>();
+        let ft = g.iter().map(|&(_, l)| l.resolve(1e-2)).collect::<Vec<_>>();
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-6 * y);
+        assert!(close(&ga, &[1e-4, 5e-4]), "{ga:?}");
+        assert!(close(&ft, &[1e-2, 5e-2]), "{ft:?}");
+        assert_eq!(GridLr::Abs(0.3).resolve(1e-4), 0.3);
+    }
+
+    #[test]
+    fn bad_grids_are_errors() {
+        for g in [
+            "lr=0.01",
+            "epochs=1",
+            "lr=x;epochs=1",
+            "lr=-1;epochs=1",
+            "lr=0.1;epochs=0",
+            "mom=1;epochs=1",
+            "lr=nan;epochs=1",
+        ] {
+            assert!(parse_grid(g).is_err(), "{g}");
+        }
+    }
 }
