@@ -129,11 +129,11 @@ pub fn mean_gaps(r: &Results) -> Vec<(String, f64)> {
 
 /// The markdown table.
 pub fn table(r: &Results) -> String {
-    let mut s = String::from("| method | FA | RA | TA | MIA | Avg. Gap | time (s) | runs |\n|---|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("| method | FA | RA | TA | MIA | Avg. Gap | time (s) | time / Retrain | runs |\n|---|---|---|---|---|---|---|---|---|\n");
     if let (Some(o), Some(rt)) = (&r.original, &r.retrain) {
         let g = qmul_runtime::metrics::avg_gap(o, rt);
         s += &format!(
-            "| original (no unlearning) | {:.2} | {:.2} | {:.2} | {:.2} | {g:.2} | - | 1 |\n",
+            "| original (no unlearning) | {:.2} | {:.2} | {:.2} | {:.2} | {g:.2} | - | - | 1 |\n",
             o.fa, o.ra, o.ta, o.mia
         );
         let t = r
@@ -141,7 +141,7 @@ pub fn table(r: &Results) -> String {
             .map(|t| format!("{t:.0}"))
             .unwrap_or_else(|| "-".into());
         s += &format!(
-            "| retrain | {:.2} | {:.2} | {:.2} | {:.2} | 0.00 | {t} | 1 |\n",
+            "| retrain | {:.2} | {:.2} | {:.2} | {:.2} | 0.00 | {t} | 1 | 1 |\n",
             rt.fa, rt.ra, rt.ta, rt.mia
         );
     }
@@ -149,8 +149,15 @@ pub fn table(r: &Results) -> String {
         let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.method == m).collect();
         let col =
             |f: &dyn Fn(&RunResult) -> f64| cell(&runs.iter().map(|x| f(x)).collect::<Vec<_>>());
+        let ratio = match r.retrain_seconds {
+            Some(t) if t > 0.0 => format!(
+                "1/{:.1}",
+                t / mean_std(&runs.iter().map(|x| x.seconds).collect::<Vec<_>>()).0
+            ),
+            _ => "-".into(),
+        };
         s += &format!(
-            "| {m} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {m} | {} | {} | {} | {} | {} | {} | {ratio} | {} |\n",
             col(&|x| x.scores.fa),
             col(&|x| x.scores.ra),
             col(&|x| x.scores.ta),
@@ -159,6 +166,66 @@ pub fn table(r: &Results) -> String {
             col(&|x| x.seconds),
             runs.len()
         );
+    }
+    s += &verdict(r);
+    s
+}
+
+/// One line that reads the table: which approximate method has the lowest mean
+/// Average Gap, whether it beats doing nothing, and where Q-MUL stands.
+pub fn verdict(r: &Results) -> String {
+    let gaps = mean_gaps(r);
+    let Some((best, g)) = gaps.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
+        return String::new();
+    };
+    let mut s = format!("\nLowest mean Average Gap: **{best}** ({g:.2})");
+    if let (Some(o), Some(rt)) = (&r.original, &r.retrain) {
+        let og = qmul_runtime::metrics::avg_gap(o, rt);
+        let beats = if *g < og { "below" } else { "not below" };
+        s += &format!(", {beats} the original model's {og:.2}");
+    }
+    if let Some((_, q)) = gaps.iter().find(|(m, _)| m == "qmul") {
+        if best != "qmul" {
+            s += &format!("; Q-MUL does not win this setting ({q:.2}, {:+.2})", q - g);
+        }
+    }
+    s + ".\n"
+}
+
+/// AGR's per-epoch forget/retain gradient-norm ratio `G_f / G_r` and the forget
+/// weight `w_f`, mean over seeds, for every method that used AGR: the numbers
+/// that explain how hard the forget side was pushed.
+pub fn agr_table(r: &Results) -> String {
+    let mut s = String::new();
+    for m in methods(r) {
+        let runs: Vec<&RunResult> = r
+            .runs
+            .iter()
+            .filter(|x| x.method == m && x.epochs.iter().any(|e| e.g_forget.is_some()))
+            .collect();
+        let Some(n) = runs.iter().map(|x| x.epochs.len()).max() else {
+            continue;
+        };
+        if s.is_empty() {
+            s += "\n## Adaptive Gradient Reweighting per epoch (mean over seeds)\n\n| method | epoch | G_f / G_r | w_f | w_r |\n|---|---|---|---|---|\n";
+        }
+        for e in 0..n {
+            let at: Vec<&qmul_runtime::unlearn::EpochLog> =
+                runs.iter().filter_map(|x| x.epochs.get(e)).collect();
+            let ratio: Vec<f64> = at
+                .iter()
+                .filter_map(|l| Some(l.g_forget? / l.g_retain?))
+                .collect();
+            let wf: Vec<f64> = at.iter().map(|l| l.w_forget as f64).collect();
+            let wr: Vec<f64> = at.iter().map(|l| l.w_retain as f64).collect();
+            s += &format!(
+                "| {m} | {} | {:.2} | {:.3} | {:.3} |\n",
+                e + 1,
+                mean_std(&ratio).0,
+                mean_std(&wf).0,
+                mean_std(&wr).0
+            );
+        }
     }
     s
 }
@@ -235,6 +302,28 @@ mod tests {
             "{t}"
         );
         assert!(gap_chart(&r).contains("<svg") && gap_chart(&r).contains("qmul"));
+        assert!(
+            t.contains(
+                "Lowest mean Average Gap: **qmul** (0.75), below the original model's 2.50."
+            ),
+            "{t}"
+        );
+        assert!(agr_table(&r).is_empty());
+        r.retrain_seconds = Some(50.0);
+        r.runs[0].epochs = vec![qmul_runtime::unlearn::EpochLog {
+            epoch: 0,
+            g_forget: Some(6.0),
+            g_retain: Some(2.0),
+            w_forget: 0.25,
+            w_retain: 0.75,
+            ..Default::default()
+        }];
+        assert!(table(&r).contains("| 10.00 ± 0.00 | 1/5.0 | 2 |"), "{}", table(&r));
+        assert!(
+            agr_table(&r).contains("| qmul | 1 | 3.00 | 0.250 | 0.750 |"),
+            "{}",
+            agr_table(&r)
+        );
         assert_eq!(mean_gaps(&r), vec![("qmul".to_string(), 0.75)]);
     }
 }

@@ -239,8 +239,8 @@ fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split)
 fn save_results(dir: &Path, r: &Results) -> Result<(), String> {
     let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
-    model_file::write_atomic(&dir.join("table.md"), report::table(r).as_bytes())
-        .map_err(|e| e.to_string())?;
+    let md = report::table(r) + &report::agr_table(r) + &report::tuning_table(r);
+    model_file::write_atomic(&dir.join("table.md"), md.as_bytes()).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("avg_gap.svg"), report::gap_chart(r).as_bytes())
         .map_err(|e| e.to_string())
 }
@@ -454,8 +454,9 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         }
     }
     print!(
-        "{}{}",
+        "{}{}{}",
         report::table(&results),
+        report::agr_table(&results),
         report::tuning_table(&results)
     );
     println!(
