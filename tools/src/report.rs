@@ -318,7 +318,11 @@ mod tests {
             w_retain: 0.75,
             ..Default::default()
         }];
-        assert!(table(&r).contains("| 10.00 ± 0.00 | 1/5.0 | 2 |"), "{}", table(&r));
+        assert!(
+            table(&r).contains("| 10.00 ± 0.00 | 1/5.0 | 2 |"),
+            "{}",
+            table(&r)
+        );
         assert!(
             agr_table(&r).contains("| qmul | 1 | 3.00 | 0.250 | 0.750 |"),
             "{}",

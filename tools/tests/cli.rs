@@ -249,6 +249,33 @@ fn experiment_caches_models_and_resumes_from_its_results() {
             && !second.contains("seed 0:"),
         "{second}"
     );
+    // Another report that shares the model cache trains nothing.
+    let other = tempfile::tempdir().unwrap();
+    let o = qmul()
+        .args(["experiment", "--data", "subset", "--train-subset", "600:1"])
+        .args([
+            "--arch",
+            "resnet10",
+            "--width",
+            "4",
+            "--forget",
+            "random:0.1:1",
+        ])
+        .args(["--methods", "ga", "--seeds", "1", "--train-epochs", "1"])
+        .args(["--set", "ga:epochs=1", "--models"])
+        .arg(dir.path())
+        .arg("--report")
+        .arg(other.path())
+        .env("QMUL_NO_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("reusing") && !err.contains("training"),
+        "{err}"
+    );
+    assert!(other.path().join("table.md").exists());
 }
 
 #[test]

@@ -62,6 +62,12 @@ pub struct ExperimentArgs {
     /// Output directory (results.json, table.md, avg_gap.svg, cached models).
     #[arg(long)]
     pub report: PathBuf,
+    /// Where trained original and Retrain models are cached (default: the report
+    /// directory). Models are named by a hash of everything that determines them,
+    /// so experiments that differ only in method settings, or a class-wise and a
+    /// random experiment on the same data, can share one original model.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
 }
 
 /// `(epochs, lr)` overrides of one method from `--set`.
@@ -267,6 +273,8 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         overrides(&a.set, m)?;
     }
     std::fs::create_dir_all(&a.report).map_err(|e| format!("{}: {e}", a.report.display()))?;
+    let cache = a.models.clone().unwrap_or_else(|| a.report.clone());
+    std::fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     let [h, w, c] = tr.image_shape();
     let cfg = ResNetConfig {
         blocks,
@@ -298,10 +306,10 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         cfg,
         tcfg
     );
-    let (original, _) = cached_model(&a.report, "original", &base_key, &cfg, &tr, &tcfg)?;
+    let (original, _) = cached_model(&cache, "original", &base_key, &cfg, &tr, &tcfg)?;
     let retain_set = tr.subset(&complement(tr.len(), &split.forget));
     let (retrain, retrain_secs) = cached_model(
-        &a.report,
+        &cache,
         "retrain",
         &format!("{base_key}|exclude {}", a.forget),
         &cfg,
@@ -369,7 +377,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         };
         let vretain = tr.subset(&vsplit.retain);
         let (vmodel, _) = cached_model(
-            &a.report,
+            &cache,
             "retrain-validation",
             &format!("{base_key}|validation of {}", a.forget),
             &cfg,
