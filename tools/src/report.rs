@@ -53,6 +53,11 @@ pub fn chosen(r: &Results, method: &str) -> Option<(usize, f32)> {
         .map(|t| (t.epochs, t.lr))
 }
 
+/// A learning rate as a person writes it (an f32 0.049999997 prints as 0.05).
+pub fn lr_text(lr: f32) -> String {
+    format!("{}", (lr as f64 * 1e8).round() / 1e8)
+}
+
 /// The tuning table: every trial, the chosen one marked.
 pub fn tuning_table(r: &Results) -> String {
     if r.tuning.is_empty() {
@@ -69,7 +74,7 @@ pub fn tuning_table(r: &Results) -> String {
             "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {mark} |\n",
             t.method,
             t.epochs,
-            t.lr,
+            lr_text(t.lr),
             t.scores.fa,
             t.scores.ra,
             t.scores.ta,
@@ -309,6 +314,8 @@ mod tests {
             "{t}"
         );
         assert!(agr_table(&r).is_empty());
+        assert_eq!(lr_text(0.049999997), "0.05");
+        assert_eq!(lr_text(5e-4 * 0.99999994), "0.0005");
         r.retrain_seconds = Some(50.0);
         r.runs[0].epochs = vec![qmul_runtime::unlearn::EpochLog {
             epoch: 0,

@@ -179,9 +179,20 @@ impl GridLr {
     fn resolve(self, default: f32) -> f32 {
         match self {
             GridLr::Abs(l) => l,
-            GridLr::Times(x) => x * default,
+            // From the default's shortest decimal form, so that 5 x 0.01 is the
+            // f32 nearest 0.05 (and prints as such), not 0.049999997.
+            GridLr::Times(x) => {
+                let d: f64 = default.to_string().parse().unwrap_or(default as f64);
+                (x as f64 * d) as f32
+            }
         }
     }
+}
+
+/// Whether a stored trial's rate is this grid point's (within f32 rounding, so
+/// results written by an older rounding still count).
+fn same_lr(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs())
 }
 
 /// `(epochs, lr)` settings of a grid `lr=a,b;epochs=c,d` or `lrx=a,b;epochs=c,d`.
@@ -396,7 +407,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 if results
                     .tuning
                     .iter()
-                    .any(|t| &t.method == m && t.epochs == epochs && t.lr == lr)
+                    .any(|t| &t.method == m && t.epochs == epochs && same_lr(t.lr, lr))
                 {
                     continue;
                 }
@@ -409,7 +420,10 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     vbefore,
                 )?;
                 let g = avg_gap(&o.after, &vrt);
-                eprintln!("tuning {m} epochs {epochs} lr {lr}: validation AG {g:.2}");
+                eprintln!(
+                    "tuning {m} epochs {epochs} lr {}: validation AG {g:.2}",
+                    report::lr_text(lr)
+                );
                 results.tuning.push(report::TuneTrial {
                     method: m.clone(),
                     epochs,
@@ -501,6 +515,8 @@ mod tests {
         assert!(close(&ga, &[1e-4, 5e-4]), "{ga:?}");
         assert!(close(&ft, &[1e-2, 5e-2]), "{ft:?}");
         assert_eq!(GridLr::Abs(0.3).resolve(1e-4), 0.3);
+        assert_eq!(GridLr::Times(5.0).resolve(0.01), 0.05);
+        assert!(same_lr(0.049999997, 0.05) && !same_lr(0.05, 0.0501));
     }
 
     #[test]
