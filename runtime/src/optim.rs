@@ -25,6 +25,39 @@ impl Sgd {
         }
     }
 
+    /// The momentum buffers, one per parameter tensor (saved with training
+    /// checkpoints so that a resumed run continues the same trajectory).
+    pub fn velocity(&self) -> &[Vec<f32>] {
+        &self.velocity
+    }
+
+    /// Restores momentum buffers saved from an optimiser over the same model.
+    /// Wrong tensor counts or lengths and non-finite values are errors and
+    /// leave the current buffers unchanged.
+    pub fn set_velocity(&mut self, v: Vec<Vec<f32>>) -> Result<(), String> {
+        if v.len() != self.velocity.len() {
+            return Err(format!(
+                "momentum has {} tensors, the model {}",
+                v.len(),
+                self.velocity.len()
+            ));
+        }
+        for (i, (new, old)) in v.iter().zip(&self.velocity).enumerate() {
+            if new.len() != old.len() {
+                return Err(format!(
+                    "momentum tensor {i} has {} values, the parameter {}",
+                    new.len(),
+                    old.len()
+                ));
+            }
+            if new.iter().any(|x| !x.is_finite()) {
+                return Err(format!("momentum tensor {i} holds a non-finite value"));
+            }
+        }
+        self.velocity = v;
+        Ok(())
+    }
+
     /// One update of every parameter from `grads`, scaled per tensor by `mask`
     /// when given (SalUn's saliency mask: 0 freezes an element). Quantizer
     /// parameters are clamped back into their valid ranges afterwards.

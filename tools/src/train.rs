@@ -1,6 +1,7 @@
 //! The training loop behind `qmul train`: SGD with momentum, weight decay and a
 //! per-step cosine schedule, augmentation, per-epoch evaluation, progress, and a
-//! checkpoint after every epoch so an interrupted run resumes where it stopped.
+//! checkpoint (the model, plus its f32 latent weights and momentum) after every
+//! epoch so an interrupted run resumes where it stopped, on the same trajectory.
 
 use crate::data::{Augment, Batches, Dataset};
 use crate::eval;
@@ -8,6 +9,7 @@ use crate::progress::Progress;
 use qmul_runtime::model_file;
 use qmul_runtime::optim::{cosine_lr, Sgd};
 use qmul_runtime::{Model, Targets};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -42,6 +44,121 @@ pub fn checkpoint_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Where the training state is saved beside a checkpoint: `<ckpt>.state`.
+///
+/// The checkpoint itself is a deployable `.qmul` file, which holds 4-bit codes,
+/// not the f32 latent weights that straight-through training updates; resuming
+/// from it alone would restart from the rounded weights with zero momentum.
+/// The state file keeps both, so a resumed run continues the same trajectory.
+pub fn state_path(checkpoint: &Path) -> PathBuf {
+    let mut s = checkpoint.as_os_str().to_owned();
+    s.push(".state");
+    PathBuf::from(s)
+}
+
+const STATE_MAGIC: &[u8; 8] = b"QMULTRN1";
+
+/// The state file: magic, epochs done, tensor count, then per parameter tensor
+/// its length, its f32 values and its momentum (little-endian), and a SHA-256
+/// of all of it, so a torn or stale file is recognised rather than trusted.
+fn state_bytes(epochs_done: usize, params: &[Vec<f32>], velocity: &[Vec<f32>]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(STATE_MAGIC);
+    b.extend_from_slice(&(epochs_done as u64).to_le_bytes());
+    b.extend_from_slice(&(params.len() as u64).to_le_bytes());
+    for (p, v) in params.iter().zip(velocity) {
+        b.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        for x in p.iter().chain(v) {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let h = Sha256::digest(&b);
+    b.extend_from_slice(&h);
+    b
+}
+
+/// What a state file holds: epochs done, parameters, momentum.
+type TrainState = (usize, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// Reads a state file.
+fn parse_state(b: &[u8]) -> Result<TrainState, String> {
+    if b.len() < 24 + 32 || &b[..8] != STATE_MAGIC {
+        return Err("not a training-state file".into());
+    }
+    let (body, sum) = b.split_at(b.len() - 32);
+    if Sha256::digest(body).as_slice() != sum {
+        return Err("checksum mismatch (torn or altered file)".into());
+    }
+    let mut at = 8;
+    let u64_at = |at: &mut usize| -> Result<usize, String> {
+        let s = body.get(*at..*at + 8).ok_or("truncated")?;
+        *at += 8;
+        usize::try_from(u64::from_le_bytes(s.try_into().map_err(|_| "truncated")?))
+            .map_err(|_| "length out of range".to_string())
+    };
+    let floats = |at: &mut usize, len: usize| -> Result<Vec<f32>, String> {
+        let bytes = len
+            .checked_mul(4)
+            .and_then(|l| body.get(*at..at.checked_add(l)?))
+            .ok_or("truncated")?;
+        *at += bytes.len();
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    let epochs = u64_at(&mut at)?;
+    let n = u64_at(&mut at)?;
+    let (mut params, mut velocity) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let len = u64_at(&mut at)?;
+        params.push(floats(&mut at, len)?);
+        velocity.push(floats(&mut at, len)?);
+    }
+    if at != body.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok((epochs, params, velocity))
+}
+
+/// Restores the latent weights and momentum saved with the checkpoint of
+/// `epochs_done` epochs, or says why the run continues from the checkpoint's
+/// rounded weights with zero momentum (missing, stale, damaged, other model).
+fn restore_state(model: &mut Model, sgd: &mut Sgd, checkpoint: &Path, epochs_done: usize) {
+    let path = state_path(checkpoint);
+    let restore = |model: &mut Model, sgd: &mut Sgd| -> Result<(), String> {
+        let b = std::fs::read(&path).map_err(|e| e.to_string())?;
+        let (e, params, velocity) = parse_state(&b)?;
+        if e != epochs_done {
+            return Err(format!(
+                "it was saved after epoch {e}, the checkpoint after {epochs_done}"
+            ));
+        }
+        if params.len() != model.params.len()
+            || params
+                .iter()
+                .zip(&model.params)
+                .any(|(p, t)| p.len() != t.data.len())
+        {
+            return Err("its tensors do not match the model".into());
+        }
+        if params.iter().flatten().any(|x| !x.is_finite()) {
+            return Err("it holds a non-finite weight".into());
+        }
+        sgd.set_velocity(velocity)?;
+        for (t, p) in model.params.iter_mut().zip(params) {
+            t.data = p;
+        }
+        Ok(())
+    };
+    if let Err(why) = restore(model, sgd) {
+        eprintln!(
+            "warning: resuming from the checkpoint's 4-bit weights with zero momentum ({}: {why})",
+            path.display()
+        );
+    }
+}
+
 /// Trains `model` on `train` for the epochs not yet done (`start_epoch..`),
 /// evaluating on `test` after each epoch and saving a checkpoint after each.
 pub fn train(
@@ -60,6 +177,9 @@ pub fn train(
         return Err("batch size must be at least 1".into());
     }
     let mut sgd = Sgd::new(model, cfg.lr, cfg.momentum, cfg.weight_decay);
+    if let (Some(ck), true) = (checkpoint, start_epoch > 0) {
+        restore_state(model, &mut sgd, ck, start_epoch);
+    }
     let steps_per_epoch = train.len().div_ceil(cfg.batch);
     let total = steps_per_epoch * cfg.epochs;
     let mut reports = Vec::new();
@@ -130,10 +250,100 @@ pub fn train(
             .info
             .insert("epochs_done".into(), (epoch + 1).to_string());
         if let Some(ck) = checkpoint {
+            // Model first: a crash between the two leaves a stale state file,
+            // which the epoch count recognises.
             model_file::save(model, ck).map_err(|e| e.to_string())?;
+            let params: Vec<Vec<f32>> = model.params.iter().map(|t| t.data.clone()).collect();
+            model_file::write_atomic(
+                &state_path(ck),
+                &state_bytes(epoch + 1, &params, sgd.velocity()),
+            )
+            .map_err(|e| format!("{}: {e}", state_path(ck).display()))?;
         }
         on_epoch(&r);
         reports.push(r);
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qmul_models::{resnet, ResNetConfig};
+    use qmul_runtime::{InitOptions, Precision, QuantScheme};
+
+    fn tiny() -> (Model, Dataset, TrainConfig) {
+        let cfg = ResNetConfig {
+            blocks: [1, 1, 1, 1],
+            width: 4,
+            in_h: 8,
+            in_w: 8,
+            in_c: 1,
+            classes: 3,
+            scheme: QuantScheme::Pact,
+            edge_precision: Precision::Int8,
+        };
+        let model = Model::new(resnet(&cfg).unwrap(), InitOptions::default()).unwrap();
+        let n = 24;
+        let images = (0..n * 64).map(|i| (i * 37 % 251) as u8).collect();
+        let labels = (0..n).map(|i| (i % 3) as u16).collect();
+        let ds = Dataset::new("tiny", images, labels, n, 8, 8, 1, 3).unwrap();
+        let tcfg = TrainConfig {
+            epochs: 3,
+            batch: 8,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 1,
+            augment: None,
+        };
+        (model, ds, tcfg)
+    }
+
+    fn params(m: &Model) -> Vec<Vec<f32>> {
+        m.params.iter().map(|t| t.data.clone()).collect()
+    }
+
+    #[test]
+    fn state_file_round_trips_and_rejects_damage() {
+        let p = vec![vec![1.0, -2.5], vec![], vec![3.25; 5]];
+        let v = vec![vec![0.5, 0.25], vec![], vec![-1.0; 5]];
+        let b = state_bytes(7, &p, &v);
+        assert_eq!(parse_state(&b).unwrap(), (7, p, v));
+        for i in [0, 9, 30, b.len() - 1] {
+            let mut bad = b.clone();
+            bad[i] ^= 1;
+            assert!(parse_state(&bad).is_err(), "flipped byte {i}");
+        }
+        assert!(parse_state(&b[..b.len() - 5]).is_err());
+        assert!(parse_state(b"").is_err());
+    }
+
+    /// An interrupted run resumed from its epoch checkpoint ends with the same
+    /// parameters, bit for bit, as one that was never interrupted; from the
+    /// checkpoint's 4-bit weights alone it does not.
+    #[test]
+    fn resumed_training_follows_the_uninterrupted_trajectory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut straight, ds, tcfg) = tiny();
+        let ck = dir.path().join("run.ckpt");
+        let saved = dir.path().join("after1.ckpt");
+        let bare = dir.path().join("bare.ckpt");
+        train(&mut straight, &ds, None, &tcfg, 0, Some(&ck), |r| {
+            if r.epoch == 1 {
+                std::fs::copy(&ck, &saved).unwrap();
+                std::fs::copy(state_path(&ck), state_path(&saved)).unwrap();
+                std::fs::copy(&ck, &bare).unwrap();
+            }
+        })
+        .unwrap();
+
+        let mut resumed = model_file::load(&saved).unwrap();
+        train(&mut resumed, &ds, None, &tcfg, 1, Some(&saved), |_| {}).unwrap();
+        assert_eq!(params(&resumed), params(&straight));
+
+        let mut lossy = model_file::load(&bare).unwrap();
+        train(&mut lossy, &ds, None, &tcfg, 1, Some(&bare), |_| {}).unwrap();
+        assert_ne!(params(&lossy), params(&straight));
+    }
 }

@@ -161,6 +161,7 @@ fn cached_model(
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&ck);
+    let _ = std::fs::remove_file(train::state_path(&ck));
     Ok((m, secs))
 }
 

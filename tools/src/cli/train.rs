@@ -184,6 +184,7 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     }
     model_file::save(&model, &a.out).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&ck);
+    let _ = std::fs::remove_file(train::state_path(&ck));
     println!("saved {}", a.out.display());
     Ok(())
 }
