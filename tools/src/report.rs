@@ -176,6 +176,11 @@ pub fn table(r: &Results) -> String {
     s
 }
 
+/// The whole report: the method table, AGR's per-epoch figures, the tuning trials.
+pub fn markdown(r: &Results) -> String {
+    table(r) + &agr_table(r) + &tuning_table(r)
+}
+
 /// One line that reads the table: which approximate method has the lowest mean
 /// Average Gap, whether it beats doing nothing, and where Q-MUL stands.
 pub fn verdict(r: &Results) -> String {

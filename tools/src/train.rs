@@ -56,6 +56,12 @@ pub fn state_path(checkpoint: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Removes a finished run's checkpoint and its state file.
+pub fn remove_checkpoint(checkpoint: &Path) {
+    let _ = std::fs::remove_file(checkpoint);
+    let _ = std::fs::remove_file(state_path(checkpoint));
+}
+
 const STATE_MAGIC: &[u8; 8] = b"QMULTRN1";
 
 /// The state file: magic, epochs done, tensor count, then per parameter tensor

@@ -160,8 +160,7 @@ fn cached_model(
     m.info.insert("train_seconds".into(), format!("{secs:.1}"));
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&ck);
-    let _ = std::fs::remove_file(train::state_path(&ck));
+    train::remove_checkpoint(&ck);
     Ok((m, secs))
 }
 
@@ -257,8 +256,8 @@ fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split)
 fn save_results(dir: &Path, r: &Results) -> Result<(), String> {
     let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
-    let md = report::table(r) + &report::agr_table(r) + &report::tuning_table(r);
-    model_file::write_atomic(&dir.join("table.md"), md.as_bytes()).map_err(|e| e.to_string())?;
+    model_file::write_atomic(&dir.join("table.md"), report::markdown(r).as_bytes())
+        .map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("avg_gap.svg"), report::gap_chart(r).as_bytes())
         .map_err(|e| e.to_string())
 }
@@ -476,12 +475,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             save_results(&a.report, &results)?;
         }
     }
-    print!(
-        "{}{}{}",
-        report::table(&results),
-        report::agr_table(&results),
-        report::tuning_table(&results)
-    );
+    print!("{}", report::markdown(&results));
     println!(
         "wrote {}/results.json, table.md, avg_gap.svg",
         a.report.display()

@@ -183,8 +183,7 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
             .insert("train_acc_last_epoch".into(), format!("{:.2}", r.train_acc));
     }
     model_file::save(&model, &a.out).map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(&ck);
-    let _ = std::fs::remove_file(train::state_path(&ck));
+    train::remove_checkpoint(&ck);
     println!("saved {}", a.out.display());
     Ok(())
 }
