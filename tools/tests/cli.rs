@@ -185,8 +185,8 @@ fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
 #[test]
 fn experiment_caches_models_and_resumes_from_its_results() {
     let dir = tempfile::tempdir().unwrap();
-    let run = || {
-        let o = qmul()
+    let run_grid = |grid: &str| {
+        qmul()
             .args([
                 "experiment",
                 "--data",
@@ -212,13 +212,16 @@ fn experiment_caches_models_and_resumes_from_its_results() {
                 "--set",
                 "qmul:epochs=1,ga:epochs=1",
                 "--grid",
-                "lr=0.01,0.02;epochs=1",
+                grid,
                 "--report",
             ])
             .arg(dir.path())
             .env("QMUL_NO_PROGRESS", "1")
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let run = || {
+        let o = run_grid("lr=0.01,0.02;epochs=1");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stderr).to_string()
     };
@@ -249,6 +252,41 @@ fn experiment_caches_models_and_resumes_from_its_results() {
             && !second.contains("seed 0:"),
         "{second}"
     );
+    // A wider grid reuses the trials already run, and any run whose method now
+    // chooses another setting is made again with it.
+    let wide = run_grid("lr=0.01,0.02,0.08;epochs=1");
+    let err = String::from_utf8_lossy(&wide.stderr);
+    assert!(wide.status.success(), "{err}");
+    assert!(err.contains("reusing 4 tuning trials"), "{err}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    let tuning = results["tuning"].as_array().unwrap();
+    assert_eq!(tuning.len(), 6, "one new grid point for each method");
+    assert_eq!(results["setting"]["grid"], "lr=0.01,0.02,0.08;epochs=1");
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4);
+    for r in runs {
+        let m = r["method"].as_str().unwrap();
+        let best = tuning
+            .iter()
+            .filter(|t| t["method"] == m)
+            .min_by(|a, b| {
+                a["avg_gap"]
+                    .as_f64()
+                    .unwrap()
+                    .total_cmp(&b["avg_gap"].as_f64().unwrap())
+            })
+            .unwrap();
+        let (rl, tl) = (
+            r["config"]["lr"].as_f64().unwrap(),
+            best["lr"].as_f64().unwrap(),
+        );
+        assert!((rl - tl).abs() < 1e-6, "{m}: run lr {rl}, chosen {tl}");
+    }
+    // A grid that leaves out trials already run is refused: a grid only grows.
+    let narrow = run_grid("lr=0.01;epochs=1");
+    assert!(!narrow.status.success());
+    assert!(String::from_utf8_lossy(&narrow.stderr).contains("a grid may only grow"));
     // Another report that shares the model cache trains nothing.
     let other = tempfile::tempdir().unwrap();
     let o = qmul()

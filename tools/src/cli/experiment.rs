@@ -54,7 +54,9 @@ pub struct ExperimentArgs {
     /// by Average Gap on a validation scenario the evaluation does not see: a
     /// forget set drawn from the retain set (random forgetting) or the next class
     /// (class-wise), with its own Retrain model. `lrx=1,5` gives rates as
-    /// multiples of each method's reference default instead.
+    /// multiples of each method's reference default instead. Rerunning with a
+    /// wider grid reuses the trials already in the report and remakes the runs
+    /// of any method whose choice changes; a grid may grow but not shrink.
     #[arg(long)]
     pub grid: Option<String>,
     #[arg(long, default_value_t = 256)]
@@ -89,6 +91,28 @@ fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), St
         }
     }
     Ok((e, l))
+}
+
+/// A method's reference configuration (its default epochs and rate); `None`
+/// for retrain, which is not an unlearning method.
+fn reference_config(m: &str, classes: usize) -> Result<Option<Config>, String> {
+    Ok(parse_method(m, classes, None, 0.5, 5e-4)?.map(Config::new))
+}
+
+/// Whether a stored run was made with `epochs` and `lr`.
+fn run_has_setting(r: &RunResult, epochs: usize, lr: f32) -> bool {
+    let e = r.config.get("epochs").and_then(|v| v.as_u64());
+    let l = r.config.get("lr").and_then(|v| v.as_f64());
+    e == Some(epochs as u64) && l.is_some_and(|l| same_lr(l as f32, lr))
+}
+
+/// A setting with its grid left out: results of a narrower grid stay valid.
+fn without_grid(s: &serde_json::Value) -> serde_json::Value {
+    let mut s = s.clone();
+    if let Some(o) = s.as_object_mut() {
+        o.remove("grid");
+    }
+    s
 }
 
 /// Trains a model from scratch on `train` unless a cached one exists.
@@ -340,13 +364,41 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         "train_epochs": a.train_epochs, "train_lr": a.train_lr, "augment": !a.no_augment, "set": a.set, "grid": a.grid, "batch": a.batch,
         "agr_retain_estimate": "retain batches sampled to the forget loader's batch count",
     });
-    if results.runs.is_empty() {
+    if results.runs.is_empty() && results.tuning.is_empty() {
         results.setting = setting;
-    } else if results.setting != setting {
+    } else if without_grid(&results.setting) != without_grid(&setting) {
         return Err(format!(
             "{} holds results of another setting; use another --report directory",
             results_path.display()
         ));
+    } else if results.setting != setting {
+        // Only the grid differs: a wider grid reuses every trial already run.
+        let grid = a.grid.as_deref().map(parse_grid).transpose()?;
+        for t in &results.tuning {
+            let on_grid = grid.as_ref().is_some_and(|g| {
+                let default_lr = reference_config(&t.method, tr.classes)
+                    .ok()
+                    .flatten()
+                    .map_or(f32::NAN, |c| c.lr);
+                g.iter()
+                    .any(|&(e, l)| e == t.epochs && same_lr(t.lr, l.resolve(default_lr)))
+            });
+            if !on_grid {
+                return Err(format!(
+                    "{} has a tuning trial ({} epochs {} lr {}) outside --grid; a grid may only grow",
+                    results_path.display(),
+                    t.method,
+                    t.epochs,
+                    report::lr_text(t.lr)
+                ));
+            }
+        }
+        eprintln!(
+            "grid widened to {}: reusing {} tuning trials",
+            a.grid.as_deref().unwrap_or(""),
+            results.tuning.len()
+        );
+        results.setting = setting;
     }
     let before = forgetting::scores(&original, &tr, &te, &split)?;
     let rt = match results.retrain {
@@ -398,8 +450,8 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         let vrt = forgetting::scores(&vmodel, &tr, &te, &vsplit)?;
         let vbefore = forgetting::scores(&original, &tr, &te, &vsplit)?;
         for m in &methods {
-            let default_lr = match parse_method(m, tr.classes, None, 0.5, 5e-4)? {
-                Some(method) => Config::new(method).lr,
+            let default_lr = match reference_config(m, tr.classes)? {
+                Some(c) => c.lr,
                 None => return Err("--grid: retrain is not tuned".into()),
             };
             for &(epochs, glr) in &grid {
@@ -436,19 +488,42 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             }
         }
     }
+    // Each method's setting: --set, else the tuning's choice, else its default.
+    let mut wanted = Vec::with_capacity(methods.len());
+    for m in &methods {
+        let (mut epochs, mut lr) = overrides(&a.set, m)?;
+        if let Some((te_, tl)) = report::chosen(&results, m) {
+            epochs = epochs.or(Some(te_));
+            lr = lr.or(Some(tl));
+        }
+        wanted.push((epochs, lr));
+    }
+    // A run made with another setting (the grid grew and chose anew) is stale.
+    for (m, &(epochs, lr)) in methods.iter().zip(&wanted) {
+        let Some(c) = reference_config(m, tr.classes)? else {
+            continue;
+        };
+        let (e, l) = (epochs.unwrap_or(c.epochs), lr.unwrap_or(c.lr));
+        let before = results.runs.len();
+        results
+            .runs
+            .retain(|r| &r.method != m || run_has_setting(r, e, l));
+        if results.runs.len() < before {
+            eprintln!(
+                "{m}: dropping {} runs made with another setting; rerunning with {e} epochs lr {}",
+                before - results.runs.len(),
+                report::lr_text(l)
+            );
+        }
+    }
     for seed in 0..a.seeds {
-        for m in &methods {
+        for (m, &(epochs, lr)) in methods.iter().zip(&wanted) {
             if results
                 .runs
                 .iter()
                 .any(|r| &r.method == m && r.seed == seed)
             {
                 continue;
-            }
-            let (mut epochs, mut lr) = overrides(&a.set, m)?;
-            if let Some((te_, tl)) = report::chosen(&results, m) {
-                epochs = epochs.or(Some(te_));
-                lr = lr.or(Some(tl));
             }
             let o = run(
                 &original,
