@@ -60,6 +60,11 @@ step() {
     pact) run pact-r10 $SUB --quant pact --forget random:0.1:1 --methods $METHODS --seeds 3 --grid "$GRID" ;;
     ablation)
       local set; set=$(chosen "$RUNS/pact-r10/results.json" rl,rl+sl,rl+agr,qmul qmul)
+      # Q-MUL's choice changed (a wider grid): keep the old ablation aside.
+      local old="$RUNS/pact-r10-ablation/results.json"
+      if [ -f "$old" ] && ! grep -qF "\"set\": \"$set\"" "$old"; then
+        mv "$RUNS/pact-r10-ablation" "$RUNS/pact-r10-ablation-$(date -u +%Y%m%d%H%M)"
+      fi
       run pact-r10-ablation $SUB --quant pact --forget random:0.1:1 --methods rl,rl+sl,rl+agr,qmul --seeds 1 --set "$set" ;;
     lsq|dsq|none) run "$1-r10" $SUB --quant "$1" --forget random:0.1:1 --methods $METHODS --seeds 1 --grid "$GRID" ;;
     class-pact|class-lsq|class-dsq)
