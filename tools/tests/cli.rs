@@ -265,6 +265,15 @@ fn experiment_caches_models_and_resumes_from_its_results() {
     assert_eq!(results["setting"]["grid"], "lr=0.01,0.02,0.08;epochs=1");
     let runs = results["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 4);
+    let order: Vec<_> = runs
+        .iter()
+        .map(|r| (r["method"].as_str().unwrap(), r["seed"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [("qmul", 0), ("qmul", 1), ("ga", 0), ("ga", 1)],
+        "runs stay in --methods order"
+    );
     for r in runs {
         let m = r["method"].as_str().unwrap();
         let best = tuning

@@ -277,7 +277,17 @@ fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split)
     }
 }
 
-fn save_results(dir: &Path, r: &Results) -> Result<(), String> {
+/// Writes the results with runs and trials in `--methods` order (then seed, or
+/// epochs and rate), so remade runs do not move their method to the table's end.
+fn save_results(dir: &Path, methods: &[String], r: &mut Results) -> Result<(), String> {
+    let pos = |m: &str| methods.iter().position(|x| x == m).unwrap_or(usize::MAX);
+    r.runs.sort_by_key(|x| (pos(&x.method), x.seed));
+    r.tuning.sort_by(|x, y| {
+        (pos(&x.method), x.epochs)
+            .cmp(&(pos(&y.method), y.epochs))
+            .then(x.lr.total_cmp(&y.lr))
+    });
+    let r = &*r;
     let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
     model_file::write_atomic(&dir.join("table.md"), report::markdown(r).as_bytes())
@@ -408,7 +418,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     results.original = Some(before);
     results.retrain = Some(rt);
     results.retrain_seconds = Some(retrain_secs);
-    save_results(&a.report, &results)?;
+    save_results(&a.report, &methods, &mut results)?;
     let model_path = a.report.join("original.qmul");
     let unlearn_args = |m: &str, epochs, lr, seed, forget: &str| UnlearnArgs {
         model: model_path.clone(),
@@ -484,7 +494,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     avg_gap: g,
                     seconds: o.seconds,
                 });
-                save_results(&a.report, &results)?;
+                save_results(&a.report, &methods, &mut results)?;
             }
         }
     }
@@ -547,7 +557,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 config: o.config,
                 epochs: o.logs,
             });
-            save_results(&a.report, &results)?;
+            save_results(&a.report, &methods, &mut results)?;
         }
     }
     print!("{}", report::markdown(&results));
