@@ -48,11 +48,28 @@ print(",".join(out))
 EOF
 }
 
+# Where a finished report is copied for docs/results.md.
+doc_dir() {
+  case $1 in
+    pact-r10) echo fmnist20k-pact-random10 ;;
+    pact-r10-ablation) echo fmnist20k-pact-random10-ablation ;;
+    full-pact-r10) echo fmnist60k-pact-random10 ;;
+    *-r10) echo "fmnist20k-${1%-r10}-random10" ;;
+    class-*) echo "fmnist20k-${1#class-}-class0" ;;
+  esac
+}
+
 run() { # name, then experiment arguments
   local name=$1; shift
   mkdir -p "$RUNS/$name"
   echo "== $name ($(date -u +%H:%M))"
   "$Q" experiment "$@" --report "$RUNS/$name" 2>>"$RUNS/$name/log.txt" | tail -n 40
+  # Publish the finished report (the log without progress lines).
+  local doc; doc="docs/experiments/$(doc_dir "$name")"
+  mkdir -p "$doc"
+  cp "$RUNS/$name"/{results.json,table.md,avg_gap.svg} "$doc/"
+  grep -v "^epoch \|^unlearn " "$RUNS/$name/log.txt" > "$doc/log.txt" || true
+  echo "published $doc"
 }
 
 step() {
