@@ -67,12 +67,16 @@ const STATE_MAGIC: &[u8; 8] = b"QMULTRN1";
 /// The state file: magic, epochs done, tensor count, then per parameter tensor
 /// its length, its f32 values and its momentum (little-endian), and a SHA-256
 /// of all of it, so a torn or stale file is recognised rather than trusted.
-fn state_bytes(epochs_done: usize, params: &[Vec<f32>], velocity: &[Vec<f32>]) -> Vec<u8> {
+fn state_bytes<'a>(
+    epochs_done: usize,
+    params: impl ExactSizeIterator<Item = &'a [f32]>,
+    velocity: &[Vec<f32>],
+) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(STATE_MAGIC);
     b.extend_from_slice(&(epochs_done as u64).to_le_bytes());
     b.extend_from_slice(&(params.len() as u64).to_le_bytes());
-    for (p, v) in params.iter().zip(velocity) {
+    for (p, v) in params.zip(velocity) {
         b.extend_from_slice(&(p.len() as u64).to_le_bytes());
         for x in p.iter().chain(v) {
             b.extend_from_slice(&x.to_le_bytes());
@@ -259,10 +263,10 @@ pub fn train(
             // Model first: a crash between the two leaves a stale state file,
             // which the epoch count recognises.
             model_file::save(model, ck).map_err(|e| e.to_string())?;
-            let params: Vec<Vec<f32>> = model.params.iter().map(|t| t.data.clone()).collect();
+            let params = model.params.iter().map(|t| t.data.as_slice());
             model_file::write_atomic(
                 &state_path(ck),
-                &state_bytes(epoch + 1, &params, sgd.velocity()),
+                &state_bytes(epoch + 1, params, sgd.velocity()),
             )
             .map_err(|e| format!("{}: {e}", state_path(ck).display()))?;
         }
@@ -314,7 +318,7 @@ mod tests {
     fn state_file_round_trips_and_rejects_damage() {
         let p = vec![vec![1.0, -2.5], vec![], vec![3.25; 5]];
         let v = vec![vec![0.5, 0.25], vec![], vec![-1.0; 5]];
-        let b = state_bytes(7, &p, &v);
+        let b = state_bytes(7, p.iter().map(Vec::as_slice), &v);
         assert_eq!(parse_state(&b).unwrap(), (7, p, v));
         for i in [0, 9, 30, b.len() - 1] {
             let mut bad = b.clone();

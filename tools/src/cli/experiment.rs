@@ -99,6 +99,22 @@ fn reference_config(m: &str, classes: usize) -> Result<Option<Config>, String> {
     Ok(parse_method(m, classes, None, 0.5, 5e-4)?.map(Config::new))
 }
 
+/// A method's grid points as `(epochs, lr)`, `lrx=` rates resolved against its
+/// reference default.
+fn grid_points(
+    m: &str,
+    classes: usize,
+    grid: &[(usize, GridLr)],
+) -> Result<Vec<(usize, f32)>, String> {
+    let c = reference_config(m, classes)?.ok_or("--grid: retrain is not tuned")?;
+    Ok(grid.iter().map(|&(e, l)| (e, l.resolve(c.lr))).collect())
+}
+
+/// Whether `trial` was run at grid point `(epochs, lr)` of method `m`.
+fn is_trial_at(trial: &report::TuneTrial, m: &str, epochs: usize, lr: f32) -> bool {
+    trial.method == m && trial.epochs == epochs && same_lr(trial.lr, lr)
+}
+
 /// Whether a stored run was made with `epochs` and `lr`.
 fn run_has_setting(r: &RunResult, epochs: usize, lr: f32) -> bool {
     let e = r.config.get("epochs").and_then(|v| v.as_u64());
@@ -307,6 +323,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     let (tr, te) = a.data.load()?;
     let spec = ForgetSpec::parse(&a.forget)?;
     let split = forgetting::split(&spec, &tr, &te)?;
+    let grid = a.grid.as_deref().map(parse_grid).transpose()?;
     let methods: Vec<String> = a
         .methods
         .split(',')
@@ -383,16 +400,13 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         ));
     } else if results.setting != setting {
         // Only the grid differs: a wider grid reuses every trial already run.
-        let grid = a.grid.as_deref().map(parse_grid).transpose()?;
         for t in &results.tuning {
-            let on_grid = grid.as_ref().is_some_and(|g| {
-                let default_lr = reference_config(&t.method, tr.classes)
-                    .ok()
-                    .flatten()
-                    .map_or(f32::NAN, |c| c.lr);
-                g.iter()
-                    .any(|&(e, l)| e == t.epochs && same_lr(t.lr, l.resolve(default_lr)))
-            });
+            let on_grid = match &grid {
+                Some(g) => grid_points(&t.method, tr.classes, g)?
+                    .into_iter()
+                    .any(|(e, l)| is_trial_at(t, &t.method, e, l)),
+                None => false,
+            };
             if !on_grid {
                 return Err(format!(
                     "{} has a tuning trial ({} epochs {} lr {}) outside --grid; a grid may only grow",
@@ -435,8 +449,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         out: PathBuf::new(),
         receipt: None,
     };
-    if let Some(g) = &a.grid {
-        let grid = parse_grid(g)?;
+    if let Some(grid) = &grid {
         let vf = validation_forget(&spec, &tr, &split);
         let vsplit = forgetting::Split {
             retain: complement(tr.len(), &vf),
@@ -460,17 +473,8 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         let vrt = forgetting::scores(&vmodel, &tr, &te, &vsplit)?;
         let vbefore = forgetting::scores(&original, &tr, &te, &vsplit)?;
         for m in &methods {
-            let default_lr = match reference_config(m, tr.classes)? {
-                Some(c) => c.lr,
-                None => return Err("--grid: retrain is not tuned".into()),
-            };
-            for &(epochs, glr) in &grid {
-                let lr = glr.resolve(default_lr);
-                if results
-                    .tuning
-                    .iter()
-                    .any(|t| &t.method == m && t.epochs == epochs && same_lr(t.lr, lr))
-                {
+            for (epochs, lr) in grid_points(m, tr.classes, grid)? {
+                if results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
                     continue;
                 }
                 let o = run(
