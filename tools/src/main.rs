@@ -29,6 +29,8 @@ enum Cmd {
     Demo(cli::DemoArgs),
     /// The full method table for one setting (cached models, resumable).
     Experiment(cli::ExperimentArgs),
+    /// Rewrite an experiment's table.md and avg_gap.svg from its results.json.
+    Report(cli::ReportArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Unlearn(a) => cli::unlearn_cmd(a),
         Cmd::Demo(a) => cli::demo(a),
         Cmd::Experiment(a) => cli::experiment(a),
+        Cmd::Report(a) => cli::render(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

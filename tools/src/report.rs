@@ -3,7 +3,9 @@
 //! SVG bar chart of the Average Gap per method.
 
 use qmul_runtime::metrics::Scores;
+use qmul_runtime::model_file;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// One finished run of one method with one seed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,6 +176,32 @@ pub fn table(r: &Results) -> String {
     }
     s += &verdict(r);
     s
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    model_file::write_atomic(&dir.join(name), bytes)
+        .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+}
+
+/// Writes `results.json`, `table.md` and `avg_gap.svg` into `dir`, each
+/// atomically, so an interrupted write never leaves a torn results file.
+pub fn save(dir: &Path, r: &Results) -> Result<(), String> {
+    let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+    write(dir, "results.json", &json)?;
+    render(dir, r)
+}
+
+/// Writes only the views of the results, `table.md` and `avg_gap.svg`.
+pub fn render(dir: &Path, r: &Results) -> Result<(), String> {
+    write(dir, "table.md", markdown(r).as_bytes())?;
+    write(dir, "avg_gap.svg", gap_chart(r).as_bytes())
+}
+
+/// Reads `dir/results.json`.
+pub fn load(dir: &Path) -> Result<Results, String> {
+    let path = dir.join("results.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The whole report: the method table, each metric's gap to Retrain, AGR's
@@ -417,5 +445,10 @@ mod tests {
             "{g}"
         );
         assert!(markdown(&r).contains("## Gap to Retrain per metric"));
+        // A results file read back and rewritten keeps every figure bit for bit.
+        r.runs[0].scores.ra = 98.91666666666667;
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Results = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
     }
 }

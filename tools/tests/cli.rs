@@ -323,6 +323,31 @@ fn experiment_caches_models_and_resumes_from_its_results() {
         "{err}"
     );
     assert!(other.path().join("table.md").exists());
+    // `qmul report` rebuilds the table and chart from results.json alone.
+    let table = std::fs::read_to_string(other.path().join("table.md")).unwrap();
+    std::fs::remove_file(other.path().join("table.md")).unwrap();
+    std::fs::remove_file(other.path().join("avg_gap.svg")).unwrap();
+    let rep = qmul().arg("report").arg(other.path()).output().unwrap();
+    assert!(
+        rep.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rep.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(other.path().join("table.md")).unwrap(),
+        table
+    );
+    assert!(other.path().join("avg_gap.svg").exists());
+    assert!(table.contains("## Gap to Retrain per metric"), "{table}");
+    // A damaged results file is named in a clear error and left as it is.
+    std::fs::write(other.path().join("results.json"), b"{\"runs\": [").unwrap();
+    let bad = qmul().arg("report").arg(other.path()).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("results.json"));
+    assert_eq!(
+        std::fs::read(other.path().join("results.json")).unwrap(),
+        b"{\"runs\": ["
+    );
 }
 
 #[test]

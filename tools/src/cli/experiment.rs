@@ -303,13 +303,7 @@ fn save_results(dir: &Path, methods: &[String], r: &mut Results) -> Result<(), S
             .cmp(&(pos(&y.method), y.epochs))
             .then(x.lr.total_cmp(&y.lr))
     });
-    let r = &*r;
-    let json = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
-    model_file::write_atomic(&dir.join("results.json"), &json).map_err(|e| e.to_string())?;
-    model_file::write_atomic(&dir.join("table.md"), report::markdown(r).as_bytes())
-        .map_err(|e| e.to_string())?;
-    model_file::write_atomic(&dir.join("avg_gap.svg"), report::gap_chart(r).as_bytes())
-        .map_err(|e| e.to_string())
+    report::save(dir, r)
 }
 
 pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
@@ -379,11 +373,10 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         &tcfg,
     )?;
     let results_path = a.report.join("results.json");
-    let mut results: Results = match std::fs::read(&results_path) {
-        Ok(b) => {
-            serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", results_path.display()))?
-        }
-        Err(_) => Results::default(),
+    let mut results: Results = if results_path.exists() {
+        report::load(&a.report)?
+    } else {
+        Results::default()
     };
     let setting = serde_json::json!({
         "data": a.data.describe(), "arch": cfg.arch_name(), "width": a.width, "quant": a.quant, "forget": a.forget,

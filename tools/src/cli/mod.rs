@@ -4,6 +4,7 @@ mod demo;
 mod eval;
 mod experiment;
 mod inspect;
+mod render;
 mod train;
 pub mod unlearn;
 
@@ -11,6 +12,7 @@ pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
 pub use experiment::{experiment, ExperimentArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use render::{render, ReportArgs};
 pub use train::{train, TrainArgs};
 pub use unlearn::{unlearn_cmd, UnlearnArgs};
 
