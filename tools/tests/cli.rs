@@ -1,41 +1,58 @@
 //! End to end: the `qmul` command trains, saves, evaluates and inspects a model on
 //! the shipped data subset.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
+/// The command, with its progress lines off.
 fn qmul() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_qmul"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qmul"));
+    c.env("QMUL_NO_PROGRESS", "1");
+    c
+}
+
+/// Runs the command; if it fails, so does the test, showing what it printed.
+fn succeed(c: &mut Command) -> Output {
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{:?} failed:\n{}{}",
+        c.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Runs the command and expects it to fail with an error message holding `needle`.
+fn fail_with(c: &mut Command, needle: &str) {
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "{:?} should fail",
+        c.get_args().collect::<Vec<_>>()
+    );
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
 }
 
 #[test]
 fn train_eval_inspect_on_the_shipped_subset() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.qmul");
-    let st = qmul()
-        .args([
-            "train", "--data", "subset", "--arch", "resnet10", "--width", "8", "--epochs", "2",
-            "--limit", "2000", "--batch", "50", "--lr", "0.05",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .env("QMUL_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "train failed: {}",
-        String::from_utf8_lossy(&st.stderr)
+    succeed(
+        qmul()
+            .args([
+                "train", "--data", "subset", "--arch", "resnet10", "--width", "8", "--epochs", "2",
+                "--limit", "2000", "--batch", "50", "--lr", "0.05",
+            ])
+            .arg("--out")
+            .arg(&out),
     );
     assert!(out.exists());
-    let ev = qmul()
-        .args(["eval", "--data", "subset", "--json", "--model"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
+    let ev = succeed(
+        qmul()
+            .args(["eval", "--data", "subset", "--json", "--model"])
+            .arg(&out),
     );
     let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     let acc = v["test_acc"].as_f64().unwrap();
@@ -44,77 +61,61 @@ fn train_eval_inspect_on_the_shipped_subset() {
         acc > 35.0,
         "two epochs on 2,000 images should be well above chance (10%), got {acc}"
     );
-    let ins = qmul().arg("inspect").arg(&out).output().unwrap();
+    let ins = succeed(qmul().arg("inspect").arg(&out));
     let text = String::from_utf8_lossy(&ins.stdout);
-    assert!(
-        ins.status.success() && text.contains("pact") && text.contains("resnet10"),
-        "{text}"
-    );
+    assert!(text.contains("pact") && text.contains("resnet10"), "{text}");
     // A malformed model file is a clean error.
     std::fs::write(dir.path().join("bad.qmul"), b"not a model").unwrap();
-    let bad = qmul()
-        .args(["eval", "--data", "subset", "--model"])
-        .arg(dir.path().join("bad.qmul"))
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid model file"));
+    fail_with(
+        qmul()
+            .args(["eval", "--data", "subset", "--model"])
+            .arg(dir.path().join("bad.qmul")),
+        "invalid model file",
+    );
 }
 
 #[test]
 fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
     let dir = tempfile::tempdir().unwrap();
     let m = dir.path().join("m.qmul");
-    let st = qmul()
-        .args([
-            "train",
-            "--data",
-            "subset",
-            "--train-subset",
-            "1000:3",
-            "--arch",
-            "resnet10",
-            "--width",
-            "4",
-        ])
-        .args(["--epochs", "1", "--batch", "50", "--out"])
-        .arg(&m)
-        .env("QMUL_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    let out = dir.path().join("u.qmul");
-    let receipt = dir.path().join("r.jsonl");
-    for method in ["qmul", "salun", "ga"] {
-        let u = qmul()
+    succeed(
+        qmul()
             .args([
-                "unlearn",
+                "train",
                 "--data",
                 "subset",
                 "--train-subset",
                 "1000:3",
-                "--forget",
-                "random:0.1:1",
-                "--epochs",
-                "1",
+                "--arch",
+                "resnet10",
+                "--width",
+                "4",
             ])
-            .args(["--method", method, "--model"])
-            .arg(&m)
-            .arg("--out")
-            .arg(&out)
-            .arg("--receipt")
-            .arg(&receipt)
-            .env("QMUL_NO_PROGRESS", "1")
-            .output()
-            .unwrap();
-        assert!(
-            u.status.success(),
-            "{method}: {}",
-            String::from_utf8_lossy(&u.stderr)
+            .args(["--epochs", "1", "--batch", "50", "--out"])
+            .arg(&m),
+    );
+    let out = dir.path().join("u.qmul");
+    let receipt = dir.path().join("r.jsonl");
+    for method in ["qmul", "salun", "ga"] {
+        let u = succeed(
+            qmul()
+                .args([
+                    "unlearn",
+                    "--data",
+                    "subset",
+                    "--train-subset",
+                    "1000:3",
+                    "--forget",
+                    "random:0.1:1",
+                    "--epochs",
+                    "1",
+                ])
+                .args(["--method", method, "--model"])
+                .arg(&m)
+                .arg("--out")
+                .arg(&out)
+                .arg("--receipt")
+                .arg(&receipt),
         );
         assert!(String::from_utf8_lossy(&u.stdout).contains("after"));
     }
@@ -135,27 +136,22 @@ fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
         "same forget set, same hash"
     );
     // A model's gap to itself is zero.
-    let ev = qmul()
-        .args([
-            "eval",
-            "--data",
-            "subset",
-            "--train-subset",
-            "1000:3",
-            "--forget",
-            "class:2",
-            "--json",
-            "--model",
-        ])
-        .arg(&m)
-        .arg("--retrain")
-        .arg(&m)
-        .output()
-        .unwrap();
-    assert!(
-        ev.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ev.stderr)
+    let ev = succeed(
+        qmul()
+            .args([
+                "eval",
+                "--data",
+                "subset",
+                "--train-subset",
+                "1000:3",
+                "--forget",
+                "class:2",
+                "--json",
+                "--model",
+            ])
+            .arg(&m)
+            .arg("--retrain")
+            .arg(&m),
     );
     let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
     assert_eq!(v["avg_gap"], 0.0);
@@ -169,17 +165,16 @@ fn unlearn_writes_model_and_receipt_and_eval_reports_the_gap() {
         assert!((0.0..=100.0).contains(&x), "{k} = {x}");
     }
     // Bad input is a clean error.
-    let bad = qmul()
-        .args([
-            "unlearn", "--data", "subset", "--forget", "class:42", "--model",
-        ])
-        .arg(&m)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("class 42 out of range"));
+    fail_with(
+        qmul()
+            .args([
+                "unlearn", "--data", "subset", "--forget", "class:42", "--model",
+            ])
+            .arg(&m)
+            .arg("--out")
+            .arg(&out),
+        "class 42 out of range",
+    );
 }
 
 #[test]
@@ -216,7 +211,6 @@ fn experiment_caches_models_and_resumes_from_its_results() {
                 "--report",
             ])
             .arg(dir.path())
-            .env("QMUL_NO_PROGRESS", "1")
             .output()
             .unwrap()
     };
@@ -294,30 +288,31 @@ fn experiment_caches_models_and_resumes_from_its_results() {
     }
     // A grid that leaves out trials already run is refused: a grid only grows.
     let narrow = run_grid("lr=0.01;epochs=1");
-    assert!(!narrow.status.success());
-    assert!(String::from_utf8_lossy(&narrow.stderr).contains("a grid may only grow"));
+    let err = String::from_utf8_lossy(&narrow.stderr);
+    assert!(
+        !narrow.status.success() && err.contains("a grid may only grow"),
+        "{err}"
+    );
     // Another report that shares the model cache trains nothing.
     let other = tempfile::tempdir().unwrap();
-    let o = qmul()
-        .args(["experiment", "--data", "subset", "--train-subset", "600:1"])
-        .args([
-            "--arch",
-            "resnet10",
-            "--width",
-            "4",
-            "--forget",
-            "random:0.1:1",
-        ])
-        .args(["--methods", "ga", "--seeds", "1", "--train-epochs", "1"])
-        .args(["--set", "ga:epochs=1", "--models"])
-        .arg(dir.path())
-        .arg("--report")
-        .arg(other.path())
-        .env("QMUL_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
+    let o = succeed(
+        qmul()
+            .args(["experiment", "--data", "subset", "--train-subset", "600:1"])
+            .args([
+                "--arch",
+                "resnet10",
+                "--width",
+                "4",
+                "--forget",
+                "random:0.1:1",
+            ])
+            .args(["--methods", "ga", "--seeds", "1", "--train-epochs", "1"])
+            .args(["--set", "ga:epochs=1", "--models"])
+            .arg(dir.path())
+            .arg("--report")
+            .arg(other.path()),
+    );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{err}");
     assert!(
         err.contains("reusing") && !err.contains("training"),
         "{err}"
@@ -327,12 +322,7 @@ fn experiment_caches_models_and_resumes_from_its_results() {
     let table = std::fs::read_to_string(other.path().join("table.md")).unwrap();
     std::fs::remove_file(other.path().join("table.md")).unwrap();
     std::fs::remove_file(other.path().join("avg_gap.svg")).unwrap();
-    let rep = qmul().arg("report").arg(other.path()).output().unwrap();
-    assert!(
-        rep.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rep.stderr)
-    );
+    succeed(qmul().arg("report").arg(other.path()));
     assert_eq!(
         std::fs::read_to_string(other.path().join("table.md")).unwrap(),
         table
@@ -341,9 +331,7 @@ fn experiment_caches_models_and_resumes_from_its_results() {
     assert!(table.contains("## Gap to Retrain per metric"), "{table}");
     // A damaged results file is named in a clear error and left as it is.
     std::fs::write(other.path().join("results.json"), b"{\"runs\": [").unwrap();
-    let bad = qmul().arg("report").arg(other.path()).output().unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("results.json"));
+    fail_with(qmul().arg("report").arg(other.path()), "results.json");
     assert_eq!(
         std::fs::read(other.path().join("results.json")).unwrap(),
         b"{\"runs\": ["
@@ -353,19 +341,12 @@ fn experiment_caches_models_and_resumes_from_its_results() {
 #[test]
 fn demo_runs_on_what_the_repository_ships() {
     let dir = tempfile::tempdir().unwrap();
-    let o = qmul()
-        .args(["demo", "--epochs", "1", "--out-dir"])
-        .arg(dir.path())
-        .env("QMUL_NO_PROGRESS", "1")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        out,
-        String::from_utf8_lossy(&o.stderr)
+    let o = succeed(
+        qmul()
+            .args(["demo", "--epochs", "1", "--out-dir"])
+            .arg(dir.path()),
     );
+    let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches("before ").count(), 2, "{out}");
     assert!(
         dir.path().join("forget-random10.qmul").exists()
