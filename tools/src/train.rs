@@ -169,6 +169,10 @@ fn restore_state(model: &mut Model, sgd: &mut Sgd, checkpoint: &Path, epochs_don
     }
 }
 
+/// The model-file info key holding the wall time spent training, in seconds,
+/// summed over every run that contributed (kept in checkpoints too).
+pub const TRAIN_SECONDS: &str = "train_seconds";
+
 /// Trains `model` on `train` for the epochs not yet done (`start_epoch..`),
 /// evaluating on `test` after each epoch and saving a checkpoint after each.
 pub fn train(
@@ -193,6 +197,18 @@ pub fn train(
     let steps_per_epoch = train.len().div_ceil(cfg.batch);
     let total = steps_per_epoch * cfg.epochs;
     let mut reports = Vec::new();
+    // Wall time spent training this model so far, carried in each checkpoint so
+    // that a run resumed across sessions still reports its whole cost (Retrain's
+    // time is the yardstick unlearning is measured against).
+    let before = if start_epoch > 0 {
+        model
+            .info
+            .get(TRAIN_SECONDS)
+            .and_then(|s| s.parse::<f64>().ok())
+    } else {
+        Some(0.0)
+    };
+    let started = Instant::now();
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
         let batches = Batches::new(train, cfg.batch, true, cfg.augment, cfg.seed, epoch as u64);
@@ -259,6 +275,14 @@ pub fn train(
         model
             .info
             .insert("epochs_done".into(), (epoch + 1).to_string());
+        match before {
+            Some(b) => model.info.insert(
+                TRAIN_SECONDS.into(),
+                format!("{:.1}", b + started.elapsed().as_secs_f64()),
+            ),
+            // A checkpoint written before times were kept: the total is unknown.
+            None => model.info.remove(TRAIN_SECONDS),
+        };
         if let Some(ck) = checkpoint {
             // Model first: a crash between the two leaves a stale state file,
             // which the epoch count recognises.
@@ -349,8 +373,22 @@ mod tests {
         .unwrap();
 
         let mut resumed = model_file::load(&saved).unwrap();
+        // The training time so far travels in the checkpoint and keeps adding up.
+        let secs = |m: &Model| -> f64 { m.info[TRAIN_SECONDS].parse().unwrap() };
+        let after_one = secs(&resumed);
+        resumed.info.insert(TRAIN_SECONDS.into(), "1000.0".into());
         train(&mut resumed, &ds, None, &tcfg, 1, Some(&saved), |_| {}).unwrap();
         assert_eq!(params(&resumed), params(&straight));
+        let total = secs(&resumed);
+        assert!(
+            after_one >= 0.0 && (1000.0..1060.0).contains(&total),
+            "{total}"
+        );
+        // A checkpoint without a recorded time cannot say what the whole run cost.
+        let mut untimed = model_file::load(&bare).unwrap();
+        untimed.info.remove(TRAIN_SECONDS);
+        train(&mut untimed, &ds, None, &tcfg, 1, None, |_| {}).unwrap();
+        assert!(!untimed.info.contains_key(TRAIN_SECONDS));
 
         let mut lossy = model_file::load(&bare).unwrap();
         train(&mut lossy, &ds, None, &tcfg, 1, Some(&bare), |_| {}).unwrap();

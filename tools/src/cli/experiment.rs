@@ -19,7 +19,6 @@ use qmul_runtime::unlearn::Config;
 use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 #[derive(Args, Debug)]
 pub struct ExperimentArgs {
@@ -150,7 +149,7 @@ fn cached_model(
         let m = model_file::load(&path).map_err(|e| e.to_string())?;
         let secs = m
             .info
-            .get("train_seconds")
+            .get(train::TRAIN_SECONDS)
             .and_then(|s| s.parse().ok())
             .unwrap_or(f64::NAN);
         eprintln!("reusing {} ({tag})", path.display());
@@ -184,20 +183,24 @@ fn cached_model(
         train_set.len(),
         tcfg.epochs
     );
-    let t0 = Instant::now();
-    let prev: f64 = m
-        .info
-        .get("train_seconds")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
+    if start > 0 && !m.info.contains_key(train::TRAIN_SECONDS) {
+        eprintln!(
+            "warning: {} does not record how long its first {start} epochs took; \
+             the {tag} model's training time will be unknown (delete the checkpoint to retrain and time it)",
+            ck.display()
+        );
+    }
     train::train(&mut m, train_set, None, tcfg, start, Some(&ck), |r| {
         eprintln!(
             "{tag} epoch {} loss {:.4} train acc {:.2}% ({:.0}s)",
             r.epoch, r.loss, r.train_acc, r.seconds
         )
     })?;
-    let secs = prev + t0.elapsed().as_secs_f64();
-    m.info.insert("train_seconds".into(), format!("{secs:.1}"));
+    let secs = m
+        .info
+        .get(train::TRAIN_SECONDS)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
     train::remove_checkpoint(&ck);
@@ -424,7 +427,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     };
     results.original = Some(before);
     results.retrain = Some(rt);
-    results.retrain_seconds = Some(retrain_secs);
+    results.retrain_seconds = retrain_secs.is_finite().then_some(retrain_secs);
     save_results(&a.report, &methods, &mut results)?;
     let model_path = a.report.join("original.qmul");
     let unlearn_args = |m: &str, epochs, lr, seed, forget: &str| UnlearnArgs {
