@@ -183,6 +183,9 @@ fn cached_model(
         train_set.len(),
         tcfg.epochs
     );
+    if start > 0 {
+        eprintln!("resuming {tag} from {} after epoch {start}", ck.display());
+    }
     if start > 0 && !m.info.contains_key(train::TRAIN_SECONDS) {
         eprintln!(
             "warning: {} does not record how long its first {start} epochs took; \
