@@ -21,6 +21,21 @@ pub struct RunResult {
     pub epochs: Vec<qmul_runtime::unlearn::EpochLog>,
 }
 
+impl RunResult {
+    /// The `(epochs, lr)` the run used, read from its recorded config.
+    pub fn setting(&self) -> Option<(usize, f32)> {
+        let epochs = self.config.get("epochs")?.as_u64()? as usize;
+        let lr = self.config.get("lr")?.as_f64()? as f32;
+        Some((epochs, lr))
+    }
+}
+
+/// Whether two learning rates are the same setting (within f32 rounding, so
+/// results written by an older rounding still count).
+pub fn same_lr(a: f32, b: f32) -> bool {
+    (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs())
+}
+
 /// Everything an experiment has produced so far; rewritten after every run so
 /// an interrupted experiment resumes from it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -210,13 +225,6 @@ pub fn markdown(r: &Results) -> String {
     table(r) + &gap_table(r) + &agr_table(r) + &tuning_table(r)
 }
 
-/// The setting a run used, read from its recorded config.
-fn run_setting(run: &RunResult) -> Option<(usize, f32)> {
-    let epochs = run.config.get("epochs")?.as_u64()? as usize;
-    let lr = run.config.get("lr")?.as_f64()? as f32;
-    Some((epochs, lr))
-}
-
 /// Each metric's distance to Retrain (mean over seeds) beside the setting each
 /// method ran with and that setting's validation Average Gap: the table that
 /// says *why* a method ranks where it does (under-forgetting shows in FA and
@@ -246,13 +254,13 @@ pub fn gap_table(r: &Results) -> String {
                 *acc += g / runs.len() as f64;
             }
         }
-        let setting = runs.first().and_then(|x| run_setting(x));
+        let setting = runs.first().and_then(|x| x.setting());
         let (set, val) = match setting {
             Some((e, lr)) => {
                 let trial = r
                     .tuning
                     .iter()
-                    .find(|t| t.method == m && t.epochs == e && t.lr == lr);
+                    .find(|t| t.method == m && t.epochs == e && same_lr(t.lr, lr));
                 (
                     format!("{e}, {}", lr_text(lr)),
                     trial.map_or("-".into(), |t| format!("{:.2}", t.avg_gap)),

@@ -173,6 +173,11 @@ fn restore_state(model: &mut Model, sgd: &mut Sgd, checkpoint: &Path, epochs_don
 /// summed over every run that contributed (kept in checkpoints too).
 pub const TRAIN_SECONDS: &str = "train_seconds";
 
+/// The training time a model (or checkpoint) records, if it records one.
+pub fn train_seconds(model: &Model) -> Option<f64> {
+    model.info.get(TRAIN_SECONDS)?.parse().ok()
+}
+
 /// Trains `model` on `train` for the epochs not yet done (`start_epoch..`),
 /// evaluating on `test` after each epoch and saving a checkpoint after each.
 pub fn train(
@@ -201,10 +206,7 @@ pub fn train(
     // that a run resumed across sessions still reports its whole cost (Retrain's
     // time is the yardstick unlearning is measured against).
     let before = if start_epoch > 0 {
-        model
-            .info
-            .get(TRAIN_SECONDS)
-            .and_then(|s| s.parse::<f64>().ok())
+        train_seconds(model)
     } else {
         Some(0.0)
     };

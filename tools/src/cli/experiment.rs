@@ -10,7 +10,7 @@ use super::DataArgs;
 use crate::data::{Augment, Dataset};
 use crate::forget::{complement, ForgetSpec};
 use crate::forgetting;
-use crate::report::{self, Results, RunResult};
+use crate::report::{self, same_lr, Results, RunResult};
 use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
@@ -116,9 +116,8 @@ fn is_trial_at(trial: &report::TuneTrial, m: &str, epochs: usize, lr: f32) -> bo
 
 /// Whether a stored run was made with `epochs` and `lr`.
 fn run_has_setting(r: &RunResult, epochs: usize, lr: f32) -> bool {
-    let e = r.config.get("epochs").and_then(|v| v.as_u64());
-    let l = r.config.get("lr").and_then(|v| v.as_f64());
-    e == Some(epochs as u64) && l.is_some_and(|l| same_lr(l as f32, lr))
+    r.setting()
+        .is_some_and(|(e, l)| e == epochs && same_lr(l, lr))
 }
 
 /// A setting with its grid left out: results of a narrower grid stay valid.
@@ -147,11 +146,7 @@ fn cached_model(
     let path = dir.join(format!("{tag}-{hash}.qmul"));
     if path.exists() {
         let m = model_file::load(&path).map_err(|e| e.to_string())?;
-        let secs = m
-            .info
-            .get(train::TRAIN_SECONDS)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(f64::NAN);
+        let secs = train::train_seconds(&m).unwrap_or(f64::NAN);
         eprintln!("reusing {} ({tag})", path.display());
         return Ok((m, secs));
     }
@@ -186,7 +181,7 @@ fn cached_model(
     if start > 0 {
         eprintln!("resuming {tag} from {} after epoch {start}", ck.display());
     }
-    if start > 0 && !m.info.contains_key(train::TRAIN_SECONDS) {
+    if start > 0 && train::train_seconds(&m).is_none() {
         eprintln!(
             "warning: {} does not record how long its first {start} epochs took; \
              the {tag} model's training time will be unknown (delete the checkpoint to retrain and time it)",
@@ -199,11 +194,7 @@ fn cached_model(
             r.epoch, r.loss, r.train_acc, r.seconds
         )
     })?;
-    let secs = m
-        .info
-        .get(train::TRAIN_SECONDS)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(f64::NAN);
+    let secs = train::train_seconds(&m).unwrap_or(f64::NAN);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
     train::remove_checkpoint(&ck);
@@ -233,12 +224,6 @@ impl GridLr {
             }
         }
     }
-}
-
-/// Whether a stored trial's rate is this grid point's (within f32 rounding, so
-/// results written by an older rounding still count).
-fn same_lr(a: f32, b: f32) -> bool {
-    (a - b).abs() <= 4.0 * f32::EPSILON * a.abs().max(b.abs())
 }
 
 /// `(epochs, lr)` settings of a grid `lr=a,b;epochs=c,d` or `lrx=a,b;epochs=c,d`.
