@@ -376,7 +376,7 @@ mod tests {
 
         let mut resumed = model_file::load(&saved).unwrap();
         // The training time so far travels in the checkpoint and keeps adding up.
-        let secs = |m: &Model| -> f64 { m.info[TRAIN_SECONDS].parse().unwrap() };
+        let secs = |m: &Model| train_seconds(m).unwrap();
         let after_one = secs(&resumed);
         resumed.info.insert(TRAIN_SECONDS.into(), "1000.0".into());
         train(&mut resumed, &ds, None, &tcfg, 1, Some(&saved), |_| {}).unwrap();

@@ -129,7 +129,8 @@ fn without_grid(s: &serde_json::Value) -> serde_json::Value {
     s
 }
 
-/// Trains a model from scratch on `train` unless a cached one exists.
+/// Trains a model from scratch on `train` unless a cached one exists; with it,
+/// the wall time its training took, where the model records one.
 fn cached_model(
     dir: &Path,
     tag: &str,
@@ -137,7 +138,7 @@ fn cached_model(
     cfg: &ResNetConfig,
     train_set: &Dataset,
     tcfg: &TrainConfig,
-) -> Result<(Model, f64), String> {
+) -> Result<(Model, Option<f64>), String> {
     let hash: String = Sha256::digest(key.as_bytes())
         .iter()
         .take(8)
@@ -146,7 +147,7 @@ fn cached_model(
     let path = dir.join(format!("{tag}-{hash}.qmul"));
     if path.exists() {
         let m = model_file::load(&path).map_err(|e| e.to_string())?;
-        let secs = train::train_seconds(&m).unwrap_or(f64::NAN);
+        let secs = train::train_seconds(&m);
         eprintln!("reusing {} ({tag})", path.display());
         return Ok((m, secs));
     }
@@ -194,7 +195,7 @@ fn cached_model(
             r.epoch, r.loss, r.train_acc, r.seconds
         )
     })?;
-    let secs = train::train_seconds(&m).unwrap_or(f64::NAN);
+    let secs = train::train_seconds(&m);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
     train::remove_checkpoint(&ck);
@@ -415,7 +416,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     };
     results.original = Some(before);
     results.retrain = Some(rt);
-    results.retrain_seconds = retrain_secs.is_finite().then_some(retrain_secs);
+    results.retrain_seconds = retrain_secs;
     save_results(&a.report, &methods, &mut results)?;
     let model_path = a.report.join("original.qmul");
     let unlearn_args = |m: &str, epochs, lr, seed, forget: &str| UnlearnArgs {
