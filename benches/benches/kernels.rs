@@ -343,13 +343,14 @@ fn bench_layer(c: &mut Criterion, li: usize, variants: &[&'static KernelSet]) {
                         ks.qgemm_u4s4
                     };
                     bench_one(c, li, op, ks.name, d.pixels, scalar, || {
-                        f(black_box(&p), &mut out.get()[..c_len])
+                        f(black_box(&p), &mut out.get()[..c_len]).expect("operands match the sizes")
                     });
                 }
                 Op::Dx | Op::Dw => {
                     let p = if op == Op::Dx { d.dx(&l) } else { d.dw(&l) };
                     bench_one(c, li, op, ks.name, d.pixels, scalar, || {
                         (ks.sgemm)(black_box(&p), &mut out.get()[..c_len])
+                            .expect("operands match the sizes")
                     });
                 }
             }
@@ -368,7 +369,7 @@ fn bench_layer(c: &mut Criterion, li: usize, variants: &[&'static KernelSet]) {
                     qmul_kernels::qgemm_u4s4
                 };
                 bench_one(c, li, op, &mt, full.pixels, false, || {
-                    f(black_box(&p), out.get())
+                    f(black_box(&p), out.get()).expect("operands match the sizes")
                 });
             }
             Op::Dx | Op::Dw => {
@@ -378,7 +379,7 @@ fn bench_layer(c: &mut Criterion, li: usize, variants: &[&'static KernelSet]) {
                     full.dw(&l)
                 };
                 bench_one(c, li, op, &mt, full.pixels, false, || {
-                    qmul_kernels::sgemm(black_box(&p), out.get())
+                    qmul_kernels::sgemm(black_box(&p), out.get()).expect("operands match the sizes")
                 });
             }
         }

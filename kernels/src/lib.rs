@@ -21,7 +21,7 @@ pub mod cpu;
 pub mod pack;
 pub mod par;
 
-pub use cpu::{active, available, by_name, KernelSet};
+pub use cpu::{active, available, by_name, override_error, KernelSet};
 
 /// A `B` operand of [`sgemm`]: element `(r, j)` (row `r` along the reduction,
 /// column `j` along the output columns) of a row-major matrix in one of the
@@ -70,7 +70,11 @@ impl<'a> BMat<'a> {
     /// kernels reading `B` through raw pointers stay inside it.
     pub fn len_ok(&self, rows: usize, cols: usize) -> bool {
         let need = |rs: usize, row_len: usize, len: usize| {
-            rs >= row_len && len >= (rows - 1) * rs + row_len
+            rs >= row_len
+                && (rows.saturating_sub(1))
+                    .checked_mul(rs)
+                    .and_then(|v| v.checked_add(row_len))
+                    .is_some_and(|v| len >= v)
         };
         match *self {
             BMat::F32 { data, rs } => need(rs, cols, data.len()),
@@ -160,19 +164,72 @@ pub struct QGemm<'a> {
 }
 
 impl QGemm<'_> {
-    pub(crate) fn check(&self, c_len: usize) {
-        assert!(
-            self.row_bytes.is_multiple_of(pack::ROW_ALIGN_BYTES),
-            "row_bytes not aligned"
-        );
-        assert!(self.a.len() >= self.m * self.row_bytes, "A too short");
-        assert!(self.b.len() >= self.n * self.row_bytes, "B too short");
-        assert!(self.col_scale.len() >= self.n, "col_scale too short");
-        assert!(self.ldc >= self.n, "ldc < n");
-        if self.m > 0 && self.n > 0 {
-            assert!(c_len >= (self.m - 1) * self.ldc + self.n, "C too short");
+    /// Checks that every operand holds what the call's sizes say, so that SIMD
+    /// kernels reading through raw pointers stay inside their slices.
+    pub fn check(&self, c_len: usize) -> Result<(), ShapeError> {
+        if !self.row_bytes.is_multiple_of(pack::ROW_ALIGN_BYTES) {
+            return ShapeError::err(format!(
+                "row_bytes {} is not a multiple of {}",
+                self.row_bytes,
+                pack::ROW_ALIGN_BYTES
+            ));
         }
+        need("A", self.a.len(), mul(self.m, self.row_bytes)?)?;
+        need("B", self.b.len(), mul(self.n, self.row_bytes)?)?;
+        need("col_scale", self.col_scale.len(), self.n)?;
+        if self.ldc < self.n {
+            return ShapeError::err(format!("ldc {} < n {}", self.ldc, self.n));
+        }
+        if self.m > 0 && self.n > 0 {
+            need("C", c_len, add(mul(self.m - 1, self.ldc)?, self.n)?)?;
+        }
+        Ok(())
     }
+}
+
+/// A GEMM call whose operands do not match its sizes, or a kernel variant
+/// called on a CPU that lacks its instructions. Nothing was written to `C`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeError(pub String);
+
+impl ShapeError {
+    fn err<T>(m: String) -> Result<T, ShapeError> {
+        Err(ShapeError(m))
+    }
+
+    /// The error of a variant whose CPU features are missing.
+    pub fn unsupported(variant: &str) -> ShapeError {
+        ShapeError(format!(
+            "kernel variant '{variant}' called on a CPU without its instructions"
+        ))
+    }
+}
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kernel call: {}", self.0)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+fn mul(a: usize, b: usize) -> Result<usize, ShapeError> {
+    a.checked_mul(b)
+        .ok_or_else(|| ShapeError(format!("size {a} x {b} overflows")))
+}
+
+fn add(a: usize, b: usize) -> Result<usize, ShapeError> {
+    a.checked_add(b)
+        .ok_or_else(|| ShapeError(format!("size {a} + {b} overflows")))
+}
+
+fn need(what: &str, len: usize, want: usize) -> Result<(), ShapeError> {
+    if len < want {
+        return ShapeError::err(format!(
+            "{what} holds {len} elements, the call needs {want}"
+        ));
+    }
+    Ok(())
 }
 
 /// Arguments of one [`sgemm`] call: `C[i][j] = alpha * sum_r A(i, r) * B(r, j) + beta * C[i][j]`
@@ -193,36 +250,43 @@ pub struct SGemm<'a> {
 }
 
 impl SGemm<'_> {
-    pub(crate) fn check(&self, c_len: usize) {
-        assert!(self.ldc >= self.n, "ldc < n");
+    /// Checks that every operand holds what the call's sizes and strides say.
+    pub fn check(&self, c_len: usize) -> Result<(), ShapeError> {
+        if self.ldc < self.n {
+            return ShapeError::err(format!("ldc {} < n {}", self.ldc, self.n));
+        }
         if self.m > 0 && self.n > 0 {
-            assert!(c_len >= (self.m - 1) * self.ldc + self.n, "C too short");
+            need("C", c_len, add(mul(self.m - 1, self.ldc)?, self.n)?)?;
         }
         if self.m > 0 && self.k > 0 {
-            let last = (self.m - 1) * self.a_rs + (self.k - 1) * self.a_cs;
-            assert!(self.a.len() > last, "A too short");
+            let last = add(mul(self.m - 1, self.a_rs)?, mul(self.k - 1, self.a_cs)?)?;
+            need("A", self.a.len(), add(last, 1)?)?;
         }
-        if self.k > 0 && self.n > 0 {
-            assert!(self.b.len_ok(self.k, self.n), "B too short");
+        if self.k > 0 && self.n > 0 && !self.b.len_ok(self.k, self.n) {
+            return ShapeError::err(format!(
+                "B does not hold {} rows of {} columns at its stride",
+                self.k, self.n
+            ));
         }
+        Ok(())
     }
 }
 
 /// Integer GEMM on packed unsigned 4-bit activations x signed 4-bit weights,
 /// multithreaded, with the active kernel variant.
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    par::qgemm(active(), p, c, active().qgemm_u4s4);
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    par::qgemm(p, c, active().qgemm_u4s4)
 }
 
 /// Integer GEMM on unsigned 8-bit activations x signed 8-bit weights.
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    par::qgemm(active(), p, c, active().qgemm_u8s8);
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    par::qgemm(p, c, active().qgemm_u8s8)
 }
 
 /// f32 GEMM whose `B` operand may be stored as codes, multithreaded.
-pub fn sgemm(p: &SGemm, c: &mut [f32]) {
-    p.check(c.len());
-    par::sgemm(active(), p, c);
+pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    par::sgemm(active(), p, c)
 }

@@ -9,7 +9,7 @@
 //! problems run on the calling thread, where spawning would cost more than it saves.
 
 use crate::cpu::{KernelSet, QGemmFn};
-use crate::{QGemm, SGemm};
+use crate::{QGemm, SGemm, ShapeError};
 use std::sync::OnceLock;
 
 /// Multiply-accumulates below which a GEMM stays on one thread.
@@ -44,24 +44,33 @@ fn ranges(len: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
     v
 }
 
-/// Runs `f(i0, i1, rows)` on contiguous blocks of C's rows, one thread each.
+/// Runs `f(i0, i1, rows)` on contiguous blocks of C's rows, one thread each;
+/// the first error any block returned, if one did.
 fn split_rows(
     m: usize,
     ldc: usize,
     c: &mut [f32],
     t: usize,
-    f: impl Fn(usize, usize, &mut [f32]) + Sync,
-) {
+    f: impl Fn(usize, usize, &mut [f32]) -> Result<(), ShapeError> + Sync,
+) -> Result<(), ShapeError> {
     let f = &f;
     std::thread::scope(|s| {
         let mut rest = c;
+        let mut hs = Vec::new();
         for (i0, i1) in ranges(m, t, 1) {
             let len = if i1 == m { rest.len() } else { (i1 - i0) * ldc };
             let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
             rest = tail;
-            s.spawn(move || f(i0, i1, mine));
+            hs.push(s.spawn(move || f(i0, i1, mine)));
         }
-    });
+        hs.into_iter().try_for_each(join)
+    })
+}
+
+/// A kernel thread's result; a panic in it (a bug, never bad input) goes on
+/// unwinding in the caller, where the C ABI's boundary catches it.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Runs `f(part, buf)` for each part on its own thread, `buf` being a private
@@ -72,8 +81,8 @@ fn private_outputs(
     rows: usize,
     cols: impl Fn((usize, usize)) -> usize,
     init: impl Fn((usize, usize), &mut [f32]),
-    f: impl Fn((usize, usize), &mut [f32]) + Sync,
-) -> Vec<Vec<f32>> {
+    f: impl Fn((usize, usize), &mut [f32]) -> Result<(), ShapeError> + Sync,
+) -> Result<Vec<Vec<f32>>, ShapeError> {
     let f = &f;
     std::thread::scope(|s| {
         let hs: Vec<_> = parts
@@ -81,15 +90,10 @@ fn private_outputs(
             .map(|&part| {
                 let mut buf = vec![0.0f32; rows * cols(part)];
                 init(part, &mut buf);
-                s.spawn(move || {
-                    f(part, &mut buf);
-                    buf
-                })
+                s.spawn(move || f(part, &mut buf).map(|()| buf))
             })
             .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("kernel thread panicked"))
-            .collect()
+        hs.into_iter().map(join).collect()
     })
 }
 
@@ -109,7 +113,7 @@ fn write_cols(c: &mut [f32], ldc: usize, m: usize, (j0, j1): (usize, usize), buf
     }
 }
 
-pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
+pub(crate) fn qgemm(p: &QGemm, c: &mut [f32], f: QGemmFn) -> Result<(), ShapeError> {
     let t = threads();
     let macs = p.m * p.n * p.row_bytes * 2;
     if t <= 1 || macs < MIN_PARALLEL_MACS || p.m == 0 || p.n == 0 {
@@ -125,7 +129,7 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
                 },
                 rows,
             )
-        });
+        })
     } else {
         // Few rows: split columns into private buffers, then copy back.
         let parts = ranges(p.n, t, 1);
@@ -149,14 +153,15 @@ pub(crate) fn qgemm(_k: &KernelSet, p: &QGemm, c: &mut [f32], f: QGemmFn) {
                 };
                 f(&q, buf)
             },
-        );
+        )?;
         for (&part, buf) in parts.iter().zip(bufs) {
             write_cols(c, p.ldc, p.m, part, &buf);
         }
+        Ok(())
     }
 }
 
-pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
+pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     let f = k.sgemm;
     let t = threads();
     let macs = p.m * p.n * p.k;
@@ -173,7 +178,7 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
                 },
                 rows,
             )
-        });
+        })
     } else if p.k >= 8 * p.n.max(p.m) {
         // Few rows and a long reduction (weight gradients: k = pixels of the
         // batch): split the reduction, each thread summing into a private C, then
@@ -196,7 +201,7 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
                 };
                 f(&q, buf)
             },
-        );
+        )?;
         for i in 0..m {
             for (j, v) in c[i * p.ldc..i * p.ldc + n].iter_mut().enumerate() {
                 let sum: f32 = bufs.iter().map(|b| b[i * n + j]).sum();
@@ -207,6 +212,7 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
                 };
             }
         }
+        Ok(())
     } else {
         // Columns in multiples of 32 keep packed 4-bit offsets on whole bytes.
         let parts = ranges(p.n, t, 32);
@@ -231,10 +237,11 @@ pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) {
                     buf,
                 )
             },
-        );
+        )?;
         for (&part, buf) in parts.iter().zip(bufs) {
             write_cols(c, p.ldc, p.m, part, &buf);
         }
+        Ok(())
     }
 }
 

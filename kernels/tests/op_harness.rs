@@ -15,7 +15,8 @@
 //! `accumulate` the old C is NaN, so a kernel that reads it is caught as well.
 
 use qmul_kernels::cpu::scalar;
-use qmul_kernels::{available, pack, par, BMat, KernelSet, QGemm, SGemm};
+use qmul_kernels::cpu::QGemmFn;
+use qmul_kernels::{available, pack, par, BMat, KernelSet, QGemm, SGemm, ShapeError};
 
 /// splitmix64: small, seedable, good enough to draw test inputs.
 struct Rng(u64);
@@ -173,21 +174,21 @@ impl QCase {
         }
     }
 
-    fn run(&self, f: impl Fn(&QGemm, &mut [f32])) -> Vec<f32> {
+    fn run(&self, f: impl Fn(&QGemm, &mut [f32]) -> Result<(), ShapeError>) -> Vec<f32> {
         let mut c = self.c0.clone();
-        f(&self.params(), &mut c);
+        f(&self.params(), &mut c).expect("operands match the sizes");
         c
     }
 }
 
-fn entry(ks: &KernelSet, op: QOp) -> fn(&QGemm, &mut [f32]) {
+fn entry(ks: &KernelSet, op: QOp) -> QGemmFn {
     match op {
         QOp::U4S4 => ks.qgemm_u4s4,
         QOp::U8S8 => ks.qgemm_u8s8,
     }
 }
 
-fn public_entry(op: QOp) -> fn(&QGemm, &mut [f32]) {
+fn public_entry(op: QOp) -> QGemmFn {
     match op {
         QOp::U4S4 => qmul_kernels::qgemm_u4s4,
         QOp::U8S8 => qmul_kernels::qgemm_u8s8,
@@ -411,9 +412,9 @@ impl SCase {
         }
     }
 
-    fn run(&self, f: impl Fn(&SGemm, &mut [f32])) -> Vec<f32> {
+    fn run(&self, f: impl Fn(&SGemm, &mut [f32]) -> Result<(), ShapeError>) -> Vec<f32> {
         let mut c = self.c0.clone();
-        f(&self.params(), &mut c);
+        f(&self.params(), &mut c).expect("operands match the sizes");
         c
     }
 
@@ -562,6 +563,102 @@ fn sgemm_thread_split_matches_scalar() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A call whose operands are shorter than its sizes say (or whose sizes
+/// overflow) is an error from every entry point, and `C` is left untouched.
+#[test]
+fn short_operands_are_errors_in_every_variant() {
+    let rb = pack::ROW_ALIGN_BYTES;
+    let (a, b, s) = (vec![0u8; 4 * rb], vec![0u8; 3 * rb], vec![1.0f32; 3]);
+    let good = QGemm {
+        m: 4,
+        n: 3,
+        row_bytes: rb,
+        a: &a,
+        b: &b,
+        alpha: 1.0,
+        col_scale: &s,
+        ldc: 3,
+        accumulate: false,
+    };
+    let bad = [
+        QGemm { m: 5, ..good },
+        QGemm { n: 4, ..good },
+        QGemm {
+            row_bytes: rb + 1,
+            ..good
+        },
+        QGemm { ldc: 2, ..good },
+        QGemm {
+            col_scale: &s[..2],
+            ..good
+        },
+        QGemm {
+            m: usize::MAX / 2,
+            ..good
+        },
+    ];
+    let a32 = vec![1.0f32; 12];
+    let b32 = vec![1.0f32; 9];
+    let sgood = SGemm {
+        m: 4,
+        n: 3,
+        k: 3,
+        alpha: 1.0,
+        a: &a32,
+        a_rs: 3,
+        a_cs: 1,
+        b: BMat::F32 { data: &b32, rs: 3 },
+        beta: 0.0,
+        ldc: 3,
+    };
+    let sbad = [
+        SGemm { m: 5, ..sgood },
+        SGemm { k: 4, ..sgood },
+        SGemm {
+            a_rs: usize::MAX,
+            ..sgood
+        },
+        SGemm {
+            b: BMat::F32 { data: &b32, rs: 2 },
+            ..sgood
+        },
+        SGemm { ldc: 1, ..sgood },
+    ];
+    let mut entries: Vec<(String, QGemmFn)> = vec![
+        ("public u4s4".into(), qmul_kernels::qgemm_u4s4),
+        ("public u8s8".into(), qmul_kernels::qgemm_u8s8),
+    ];
+    for ks in variants() {
+        entries.push((format!("{} u4s4", ks.name), ks.qgemm_u4s4));
+        entries.push((format!("{} u8s8", ks.name), ks.qgemm_u8s8));
+    }
+    for (name, f) in &entries {
+        let mut c = vec![7.0f32; 12];
+        f(&good, &mut c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (i, p) in bad.iter().enumerate() {
+            let mut c = vec![7.0f32; 12];
+            assert!(f(p, &mut c).is_err(), "{name}: bad call {i} accepted");
+            assert!(c.iter().all(|&v| v == 7.0), "{name}: bad call {i} wrote C");
+        }
+        let mut short = vec![7.0f32; 11];
+        assert!(f(&good, &mut short).is_err(), "{name}: short C accepted");
+    }
+    let mut sentries: Vec<(String, qmul_kernels::cpu::SGemmFn)> =
+        vec![("public sgemm".into(), qmul_kernels::sgemm)];
+    for ks in variants() {
+        sentries.push((format!("{} sgemm", ks.name), ks.sgemm));
+    }
+    for (name, f) in &sentries {
+        let mut c = vec![7.0f32; 12];
+        f(&sgood, &mut c).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (i, p) in sbad.iter().enumerate() {
+            let mut c = vec![7.0f32; 12];
+            assert!(f(p, &mut c).is_err(), "{name}: bad call {i} accepted");
+            assert!(c.iter().all(|&v| v == 7.0), "{name}: bad call {i} wrote C");
         }
     }
 }

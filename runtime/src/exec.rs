@@ -96,6 +96,18 @@ impl std::fmt::Display for PassError {
 
 impl std::error::Error for PassError {}
 
+impl From<qmul_kernels::ShapeError> for PassError {
+    fn from(e: qmul_kernels::ShapeError) -> Self {
+        PassError(e.to_string())
+    }
+}
+
+/// A broken invariant of a validated model (a bug, not bad input): reported
+/// as an error rather than a panic, so that no caller is ever aborted.
+fn broken(what: &str) -> PassError {
+    PassError(format!("internal error: {what}"))
+}
+
 struct Ctx<'m> {
     model: &'m Model,
     n: usize,
@@ -112,10 +124,10 @@ impl Model {
         if n == 0 {
             return Err(PassError("empty batch".into()));
         }
-        if images.len() != n * s.len() {
+        if n.checked_mul(s.len()) != Some(images.len()) {
             return Err(PassError(format!(
                 "batch of {n} images needs {} bytes ({}x{}x{} each), got {}",
-                n * s.len(),
+                n.saturating_mul(s.len()),
                 s.h,
                 s.w,
                 s.c,
@@ -145,7 +157,7 @@ impl Model {
         }
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
         for i in 0..nodes.len() {
-            let v = ctx.compute(i, &vals, images, Mode::Eval);
+            let v = ctx.compute(i, &vals, images, Mode::Eval)?;
             vals[i] = Some(v);
             for j in nodes[i].inputs() {
                 if last_use[j] == i {
@@ -211,7 +223,7 @@ impl Model {
             return Err(PassError("non-finite loss weight".into()));
         }
         if !frozen_bn {
-            self.init_activation_ranges(images, n);
+            self.init_activation_ranges(images, n)?;
         }
         let model: &Model = self;
         let nodes = &model.graph.nodes;
@@ -233,7 +245,7 @@ impl Model {
         let mut saved: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut running = Vec::new();
         for i in 0..nodes.len() {
-            let v = ctx.compute(i, &vals, images, Mode::Train);
+            let v = ctx.compute(i, &vals, images, Mode::Train)?;
             if let (Op::BatchNorm { .. }, Some(st)) = (&nodes[i], &ctx.stats[i]) {
                 running.push((i, st.clone()));
             }
@@ -253,12 +265,12 @@ impl Model {
         };
         let (loss_v, dlogits) = loss::weighted_ce(&logits, model.classes(), t.labels, t.weights);
         let saved_bytes = saved.iter().flatten().map(Value::bytes).sum();
-        let grads = ctx.backward(saved, dlogits, images);
+        let grads = ctx.backward(saved, dlogits, images)?;
         if update_running && !frozen_bn {
             for (i, st) in running {
                 if let Slots::Bn { mean, var, .. } = self.slots[i] {
                     let rows = n * self.shapes[i].h * self.shapes[i].w;
-                    let (rm, rv) = two_mut(&mut self.buffers, mean, var);
+                    let (rm, rv) = two_mut(&mut self.buffers, mean, var)?;
                     bn::update_running(&st, rows, &mut rm.data, &mut rv.data);
                 }
             }
@@ -273,16 +285,16 @@ impl Model {
 
     /// Sets LSQ/DSQ activation ranges still at 0 from the current batch
     /// (the data-dependent initialisation of those quantizers).
-    fn init_activation_ranges(&mut self, images: &[u8], n: usize) {
+    fn init_activation_ranges(&mut self, images: &[u8], n: usize) -> Result<(), PassError> {
         let scheme = self.graph.scheme;
         if !matches!(scheme, QuantScheme::Lsq | QuantScheme::Dsq) {
-            return;
+            return Ok(());
         }
         let pending: Vec<usize> = (0..self.graph.nodes.len())
             .filter(|&i| matches!(self.slots[i], Slots::Act { q } if self.params[q].data[0] <= 0.0))
             .collect();
         if pending.is_empty() {
-            return;
+            return Ok(());
         }
         // Run an eval-style forward with batch statistics, initialising each
         // pending quantizer from its input as it is reached.
@@ -302,10 +314,11 @@ impl Model {
                 stats: vec![None; nodes.len()],
                 frozen_bn: false,
             };
-            let v = ctx.compute(i, &vals, images, Mode::Train);
+            let v = ctx.compute(i, &vals, images, Mode::Train)?;
             qw = ctx.qw;
             vals[i] = Some(v);
         }
+        Ok(())
     }
 }
 
@@ -318,7 +331,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn geom(&self, i: usize) -> ConvGeom {
+    fn geom(&self, i: usize) -> Result<ConvGeom, PassError> {
         let m = self.model;
         match &m.graph.nodes[i] {
             Op::Conv {
@@ -330,7 +343,7 @@ impl Ctx<'_> {
                 ..
             } => {
                 let x = m.shapes[*input];
-                ConvGeom {
+                Ok(ConvGeom {
                     n: self.n,
                     h: x.h,
                     w: x.w,
@@ -339,40 +352,45 @@ impl Ctx<'_> {
                     k: *k,
                     stride: *stride,
                     pad: *pad,
-                }
+                })
             }
-            _ => unreachable!(),
+            _ => Err(broken("conv geometry of a node that is not a conv")),
         }
     }
 
+    /// The weights of node `i` quantized for this pass.
+    fn weights(&self, i: usize) -> Result<&QWeights, PassError> {
+        self.qw[i]
+            .as_ref()
+            .ok_or_else(|| broken("weights of a layer without weights"))
+    }
+
     /// Computes node `i` from its inputs' values.
-    fn compute(&mut self, i: usize, vals: &[Option<Value>], images: &[u8], mode: Mode) -> Value {
+    fn compute(
+        &mut self,
+        i: usize,
+        vals: &[Option<Value>],
+        images: &[u8],
+        mode: Mode,
+    ) -> Result<Value, PassError> {
         let m = self.model;
         let n = self.n;
         let val = |j: usize| {
             vals[j]
                 .as_ref()
-                .expect("input value computed before its consumer")
+                .ok_or_else(|| broken("input value not computed before its consumer"))
         };
         let len = |j: usize| n * m.shapes[j].len();
-        match &m.graph.nodes[i] {
+        Ok(match &m.graph.nodes[i] {
             Op::Input { .. } => Value::Pixels(images.to_vec()),
             Op::Conv { input, .. } => {
-                let g = self.geom(i);
-                let w = self.qw[i].as_ref().expect("conv weights quantized").conv();
-                Value::F32(conv::forward(&g, val(*input).as_conv_input(), w))
+                let g = self.geom(i)?;
+                let w = self.weights(i)?.conv();
+                Value::F32(conv::forward(&g, val(*input)?.as_conv_input(), w)?)
             }
             Op::BatchNorm { input, .. } => {
-                let Slots::Bn {
-                    gamma,
-                    beta,
-                    mean,
-                    var,
-                } = m.slots[i]
-                else {
-                    unreachable!()
-                };
-                let x = self.f32_of(val(*input), len(*input));
+                let (gamma, beta, mean, var) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
+                let x = self.f32_of(val(*input)?, len(*input));
                 let (g, b) = (&m.params[gamma].data, &m.params[beta].data);
                 let st = match mode {
                     Mode::Eval => bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data),
@@ -382,7 +400,7 @@ impl Ctx<'_> {
                     Mode::Train => bn::batch_stats(&x, g.len()),
                     Mode::Recompute => self.stats[i]
                         .clone()
-                        .expect("batch statistics saved by the forward"),
+                        .ok_or_else(|| broken("batch statistics not saved by the forward"))?,
                 };
                 let y = bn::apply(&x, g, b, &st);
                 if matches!(mode, Mode::Train) {
@@ -391,10 +409,8 @@ impl Ctx<'_> {
                 Value::F32(y)
             }
             Op::Act { input, .. } => {
-                let Slots::Act { q } = m.slots[i] else {
-                    unreachable!()
-                };
-                let x = self.f32_of(val(*input), len(*input));
+                let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
+                let x = self.f32_of(val(*input)?, len(*input));
                 let scheme = m.graph.scheme;
                 if scheme == QuantScheme::None {
                     Value::F32(x.iter().map(|v| v.max(0.0)).collect())
@@ -409,41 +425,56 @@ impl Ctx<'_> {
                 }
             }
             Op::Add { a, b } => {
-                let mut x = self.f32_of(val(*a), len(*a)).into_owned();
-                let y = self.f32_of(val(*b), len(*b));
+                let mut x = self.f32_of(val(*a)?, len(*a)).into_owned();
+                let y = self.f32_of(val(*b)?, len(*b));
                 x.iter_mut().zip(y.iter()).for_each(|(p, q)| *p += q);
                 Value::F32(x)
             }
             Op::GlobalAvgPool { input } => {
                 let s = m.shapes[*input];
-                let x = self.f32_of(val(*input), len(*input));
+                let x = self.f32_of(val(*input)?, len(*input));
                 Value::F32(pool::gap_forward(&x, n, s.h * s.w, s.c))
             }
             Op::Linear { input, out, .. } => {
-                let Slots::Linear { b, cin, .. } = m.slots[i] else {
-                    unreachable!()
-                };
-                let x = self.f32_of(val(*input), len(*input));
-                let w = self.qw[i]
-                    .as_ref()
-                    .expect("linear weights quantized")
-                    .linear();
-                Value::F32(linear::forward(&x, n, cin, *out, w, &m.params[b].data))
+                let (_, b, _, _, cin) =
+                    m.slots[i].linear().ok_or_else(|| broken("linear slots"))?;
+                let x = self.f32_of(val(*input)?, len(*input));
+                let w = self.weights(i)?.linear()?;
+                Value::F32(linear::forward(&x, n, cin, *out, w, &m.params[b].data)?)
             }
-        }
+        })
     }
 
     /// Makes sure `vals[j]` holds node `j`'s value, recomputing it (and any missing
     /// inputs) from the checkpoints.
-    fn ensure(&mut self, j: usize, vals: &mut Vec<Option<Value>>, images: &[u8]) {
+    fn ensure(
+        &mut self,
+        j: usize,
+        vals: &mut Vec<Option<Value>>,
+        images: &[u8],
+    ) -> Result<(), PassError> {
         if vals[j].is_some() {
-            return;
+            return Ok(());
         }
         for k in self.model.graph.nodes[j].inputs() {
-            self.ensure(k, vals, images);
+            self.ensure(k, vals, images)?;
         }
-        let v = self.compute(j, vals, images, Mode::Recompute);
+        let v = self.compute(j, vals, images, Mode::Recompute)?;
         vals[j] = Some(v);
+        Ok(())
+    }
+
+    /// Node `j`'s value after [`Ctx::ensure`].
+    fn ensured<'v>(
+        &mut self,
+        j: usize,
+        vals: &'v mut Vec<Option<Value>>,
+        images: &[u8],
+    ) -> Result<&'v Value, PassError> {
+        self.ensure(j, vals, images)?;
+        vals[j]
+            .as_ref()
+            .ok_or_else(|| broken("recomputed value missing"))
     }
 
     fn backward(
@@ -451,13 +482,16 @@ impl Ctx<'_> {
         mut vals: Vec<Option<Value>>,
         dlogits: Vec<f32>,
         images: &[u8],
-    ) -> Vec<Vec<f32>> {
+    ) -> Result<Vec<Vec<f32>>, PassError> {
         let m = self.model;
         let n = self.n;
         let nodes = &m.graph.nodes;
         let mut grads: Vec<Vec<f32>> = m.params.iter().map(|t| vec![0.0; t.data.len()]).collect();
         let mut dnode: Vec<Option<Vec<f32>>> = vec![None; nodes.len()];
-        *dnode.last_mut().expect("non-empty graph") = Some(dlogits);
+        match dnode.last_mut() {
+            Some(d) => *d = Some(dlogits),
+            None => return Err(broken("empty graph")),
+        }
         fn add_to(d: &mut Option<Vec<f32>>, g: Vec<f32>) {
             match d {
                 Some(v) => v.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
@@ -473,21 +507,13 @@ impl Ctx<'_> {
             match &nodes[i] {
                 Op::Input { .. } => {}
                 Op::Linear { input, out, .. } => {
-                    let Slots::Linear {
-                        w,
-                        b,
-                        wq,
-                        kind,
-                        cin,
-                    } = m.slots[i].clone()
-                    else {
-                        unreachable!()
-                    };
-                    self.ensure(*input, &mut vals, images);
-                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
-                    let lw = self.qw[i].as_ref().unwrap().linear();
-                    let (dwq, db, dx) = linear::backward(&x, n, cin, *out, lw, &dy);
-                    let (gw, gq) = two_mut(&mut grads, w, wq);
+                    let (w, b, wq, kind, cin) =
+                        m.slots[i].linear().ok_or_else(|| broken("linear slots"))?;
+                    let xv = self.ensured(*input, &mut vals, images)?;
+                    let x = self.f32_of(xv, len(*input));
+                    let lw = self.weights(i)?.linear()?;
+                    let (dwq, db, dx) = linear::backward(&x, n, cin, *out, lw, &dy)?;
+                    let (gw, gq) = two_mut(&mut grads, w, wq)?;
                     weight::backward(
                         kind,
                         &m.params[wq].data,
@@ -512,11 +538,9 @@ impl Ctx<'_> {
                     add_to(&mut dnode[*a], dy);
                 }
                 Op::Act { input, .. } => {
-                    let Slots::Act { q } = m.slots[i] else {
-                        unreachable!()
-                    };
-                    self.ensure(*input, &mut vals, images);
-                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
+                    let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
+                    let xv = self.ensured(*input, &mut vals, images)?;
+                    let x = self.f32_of(xv, len(*input));
                     let mut dx = vec![0.0f32; x.len()];
                     let features = m.shapes[*input].len();
                     act::backward(
@@ -531,13 +555,13 @@ impl Ctx<'_> {
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::BatchNorm { input, .. } => {
-                    let Slots::Bn { gamma, beta, .. } = m.slots[i] else {
-                        unreachable!()
-                    };
-                    self.ensure(*input, &mut vals, images);
-                    let x = self.f32_of(vals[*input].as_ref().unwrap(), len(*input));
-                    let st = self.stats[i].as_ref().expect("batch statistics saved");
-                    let (gg, gb) = two_mut(&mut grads, gamma, beta);
+                    let (gamma, beta, _, _) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
+                    let xv = self.ensured(*input, &mut vals, images)?;
+                    let x = self.f32_of(xv, len(*input));
+                    let st = self.stats[i]
+                        .as_ref()
+                        .ok_or_else(|| broken("batch statistics not saved"))?;
+                    let (gg, gb) = two_mut(&mut grads, gamma, beta)?;
                     let dx = if self.frozen_bn {
                         bn::backward_frozen(&x, &dy, &m.params[gamma].data, st, gg, gb)
                     } else {
@@ -546,21 +570,13 @@ impl Ctx<'_> {
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::Conv { input, cout, .. } => {
-                    let Slots::Conv { w, wq, kind, .. } = m.slots[i].clone() else {
-                        unreachable!()
-                    };
-                    self.ensure(*input, &mut vals, images);
-                    let g = self.geom(i);
+                    let (w, wq, kind) = m.slots[i].conv().ok_or_else(|| broken("conv slots"))?;
+                    let g = self.geom(i)?;
                     let need_dx = !matches!(nodes[*input], Op::Input { .. });
-                    let cw = self.qw[i].as_ref().unwrap().conv();
-                    let (dwq, dx) = conv::backward(
-                        &g,
-                        vals[*input].as_ref().unwrap().as_conv_input(),
-                        cw,
-                        &dy,
-                        need_dx,
-                    );
-                    let (gw, gq) = two_mut(&mut grads, w, wq);
+                    let xv = self.ensured(*input, &mut vals, images)?;
+                    let cw = self.weights(i)?.conv();
+                    let (dwq, dx) = conv::backward(&g, xv.as_conv_input(), cw, &dy, need_dx)?;
+                    let (gw, gq) = two_mut(&mut grads, w, wq)?;
                     weight::backward(
                         kind,
                         &m.params[wq].data,
@@ -577,18 +593,20 @@ impl Ctx<'_> {
             }
             vals[i] = None;
         }
-        grads
+        Ok(grads)
     }
 }
 
 /// Two distinct mutable elements of a vector.
-fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
-    assert_ne!(a, b);
-    if a < b {
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Result<(&mut T, &mut T), PassError> {
+    if a == b || a.max(b) >= v.len() {
+        return Err(broken("two parameter slots alias"));
+    }
+    Ok(if a < b {
         let (x, y) = v.split_at_mut(b);
         (&mut x[a], &mut y[0])
     } else {
         let (x, y) = v.split_at_mut(a);
         (&mut y[0], &mut x[b])
-    }
+    })
 }

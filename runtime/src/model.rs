@@ -5,6 +5,7 @@
 //! stores the quantized codes and scales (see `model_file`), and loading
 //! dequantizes them to latent weights that requantize to the same codes.
 
+use crate::exec::PassError;
 use crate::graph::{Graph, GraphError, Op, Precision, QuantScheme, Shape};
 use crate::ops::conv::ConvWeights;
 use crate::ops::linear::LinearWeights;
@@ -106,11 +107,58 @@ impl QWeights {
         }
     }
 
-    pub fn linear(&self) -> LinearWeights<'_> {
+    pub fn linear(&self) -> Result<LinearWeights<'_>, PassError> {
         match self {
-            QWeights::Int8 { rows, scale } => LinearWeights::Int8 { rows, scale },
-            QWeights::F32(w) => LinearWeights::F32(w),
-            QWeights::Int4 { .. } => unreachable!("graph validation rejects int4 linear layers"),
+            QWeights::Int8 { rows, scale } => Ok(LinearWeights::Int8 { rows, scale }),
+            QWeights::F32(w) => Ok(LinearWeights::F32(w)),
+            QWeights::Int4 { .. } => Err(PassError(
+                "4-bit linear layers are not supported (graph validation rejects them)".into(),
+            )),
+        }
+    }
+}
+
+impl Slots {
+    /// `(w, wq, kind)` of a conv layer.
+    pub fn conv(&self) -> Option<(usize, usize, WeightQuant)> {
+        match *self {
+            Slots::Conv { w, wq, kind, .. } => Some((w, wq, kind)),
+            _ => None,
+        }
+    }
+
+    /// `(w, b, wq, kind, cin)` of a linear layer.
+    pub fn linear(&self) -> Option<(usize, usize, usize, WeightQuant, usize)> {
+        match *self {
+            Slots::Linear {
+                w,
+                b,
+                wq,
+                kind,
+                cin,
+            } => Some((w, b, wq, kind, cin)),
+            _ => None,
+        }
+    }
+
+    /// `(gamma, beta, running_mean, running_var)` of a BatchNorm layer.
+    pub fn bn(&self) -> Option<(usize, usize, usize, usize)> {
+        match *self {
+            Slots::Bn {
+                gamma,
+                beta,
+                mean,
+                var,
+            } => Some((gamma, beta, mean, var)),
+            _ => None,
+        }
+    }
+
+    /// The quantizer-parameter tensor of an Act node.
+    pub fn act(&self) -> Option<usize> {
+        match *self {
+            Slots::Act { q } => Some(q),
+            _ => None,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! One binary can therefore A/B its own kernels, and the op harness runs every
 //! variant against [`scalar`].
 
-use crate::{QGemm, SGemm};
+use crate::{QGemm, SGemm, ShapeError};
 use std::sync::OnceLock;
 
 pub mod scalar;
@@ -22,9 +22,10 @@ pub mod x86_64;
 pub mod aarch64;
 
 /// Integer GEMM entry point of one variant: single-threaded, whole problem.
-pub type QGemmFn = fn(&QGemm, &mut [f32]);
+/// Checks its operands (and the CPU's features) before touching them.
+pub type QGemmFn = fn(&QGemm, &mut [f32]) -> Result<(), ShapeError>;
 /// f32 GEMM entry point of one variant: single-threaded, whole problem.
-pub type SGemmFn = fn(&SGemm, &mut [f32]);
+pub type SGemmFn = fn(&SGemm, &mut [f32]) -> Result<(), ShapeError>;
 
 /// One kernel variant: its name, its CPU-feature check and its entry points.
 /// Entry points are safe to call once `detect()` returned true.
@@ -74,16 +75,33 @@ pub fn by_name(name: &str) -> Result<&'static KernelSet, String> {
     }
 }
 
-/// The variant in use: `QMUL_KERNEL` if set and usable, else the best available.
+/// The variant in use: `QMUL_KERNEL` if set and usable, else the best available
+/// (see [`override_error`] for a setting that could not be honoured).
 pub fn active() -> &'static KernelSet {
-    static ACTIVE: OnceLock<&'static KernelSet> = OnceLock::new();
+    selection().0
+}
+
+/// Why `QMUL_KERNEL` was not honoured, when it is set to a variant that is not
+/// compiled in or not supported here. Library callers (the `qmul` command, the
+/// C ABI's model open) turn this into an error rather than run another variant
+/// than the one asked for.
+pub fn override_error() -> Option<&'static str> {
+    selection().1.as_deref()
+}
+
+fn selection() -> &'static (&'static KernelSet, Option<String>) {
+    static ACTIVE: OnceLock<(&'static KernelSet, Option<String>)> = OnceLock::new();
     ACTIVE.get_or_init(|| {
-        if let Ok(name) = std::env::var("QMUL_KERNEL") {
-            match by_name(name.trim()) {
-                Ok(k) => return k,
-                Err(e) => log::warn!("QMUL_KERNEL ignored: {e}"),
-            }
+        let best = available().first().copied().unwrap_or(&scalar::SCALAR);
+        match std::env::var("QMUL_KERNEL") {
+            Ok(name) if !name.trim().is_empty() => match by_name(name.trim()) {
+                Ok(k) => (k, None),
+                Err(e) => {
+                    log::warn!("QMUL_KERNEL ignored: {e}");
+                    (best, Some(format!("QMUL_KERNEL={}: {e}", name.trim())))
+                }
+            },
+            _ => (best, None),
         }
-        available()[0]
     })
 }

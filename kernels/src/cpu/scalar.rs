@@ -3,7 +3,7 @@
 
 use super::KernelSet;
 use crate::pack::{get_s4, get_u4};
-use crate::{QGemm, SGemm};
+use crate::{QGemm, SGemm, ShapeError};
 
 pub static SCALAR: KernelSet = KernelSet {
     name: "scalar",
@@ -20,7 +20,8 @@ fn store(p: &QGemm, c: &mut [f32], i: usize, j: usize, acc: i32) {
 }
 
 /// Packed u4 x s4 dot products over whole (padded) rows.
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
     let kc = p.row_bytes * 2;
     for i in 0..p.m {
         let a = &p.a[i * p.row_bytes..(i + 1) * p.row_bytes];
@@ -32,10 +33,12 @@ pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
             store(p, c, i, j, acc);
         }
     }
+    Ok(())
 }
 
 /// u8 x s8 dot products over whole (padded) rows.
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
     for i in 0..p.m {
         let a = &p.a[i * p.row_bytes..(i + 1) * p.row_bytes];
         for j in 0..p.n {
@@ -48,10 +51,12 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
             store(p, c, i, j, acc);
         }
     }
+    Ok(())
 }
 
 /// f32 GEMM with `B` widened element by element.
-pub fn sgemm(p: &SGemm, c: &mut [f32]) {
+pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
     for i in 0..p.m {
         for j in 0..p.n {
             let mut acc = 0.0f32;
@@ -66,4 +71,5 @@ pub fn sgemm(p: &SGemm, c: &mut [f32]) {
             };
         }
     }
+    Ok(())
 }

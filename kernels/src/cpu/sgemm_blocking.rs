@@ -23,7 +23,7 @@
 //! into each variant's `#[target_feature]` entry point, so the packing loops are
 //! compiled (and auto-vectorised) for that variant's ISA.
 
-use crate::{BMat, SGemm};
+use crate::{BMat, SGemm, ShapeError};
 use std::cell::Cell;
 
 /// Integer encodings of `B` that the packer widens.
@@ -152,12 +152,16 @@ fn aligned_start(v: &[f32]) -> usize {
 /// # Safety
 /// The CPU supports `K`'s target features.
 #[inline(always)]
-pub(crate) unsafe fn gemm<K: MicroKernel>(p: &SGemm, c: &mut [f32], bl: Blocking) {
+pub(crate) unsafe fn gemm<K: MicroKernel>(
+    p: &SGemm,
+    c: &mut [f32],
+    bl: Blocking,
+) -> Result<(), ShapeError> {
     const { assert!(K::MR * K::NV * K::LANES <= MAX_TILE && K::LANES % 2 == 0) };
-    p.check(c.len());
+    p.check(c.len())?;
     let (m, n, k) = (p.m, p.n, p.k);
     if m == 0 || n == 0 {
-        return;
+        return Ok(());
     }
     if k == 0 {
         for i in 0..m {
@@ -169,7 +173,7 @@ pub(crate) unsafe fn gemm<K: MicroKernel>(p: &SGemm, c: &mut [f32], bl: Blocking
                 };
             }
         }
-        return;
+        return Ok(());
     }
     let nr = K::NV * K::LANES;
     // Block sizes: multiples of the tile (nc also keeps packed 4-bit columns on whole bytes).
@@ -236,6 +240,7 @@ pub(crate) unsafe fn gemm<K: MicroKernel>(p: &SGemm, c: &mut [f32], bl: Blocking
         }
     }
     PACK_BUF.set(buf);
+    Ok(())
 }
 
 /// What every tile of one packed block shares.
@@ -514,7 +519,11 @@ pub(crate) mod testing {
     /// Runs `f` on random problems (shapes around the tile sizes and the model's
     /// shapes, every B encoding, row-major / transposed / strided A, beta 0 and
     /// not) and compares with the scalar reference within f32 rounding.
-    pub fn check_against_scalar(f: &dyn Fn(&SGemm, &mut [f32]), cases: usize, seed: u64) {
+    pub fn check_against_scalar(
+        f: &dyn Fn(&SGemm, &mut [f32]) -> Result<(), crate::ShapeError>,
+        cases: usize,
+        seed: u64,
+    ) {
         let mut rng = Rng::new(seed);
         let dims = [
             1usize, 2, 3, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 33, 47, 48, 49, 64, 97, 144,
@@ -559,9 +568,9 @@ pub(crate) mod testing {
                 ldc,
             };
             let mut want = c0.clone();
-            crate::cpu::scalar::sgemm(&p, &mut want);
+            crate::cpu::scalar::sgemm(&p, &mut want).expect("operands match the sizes");
             let mut got = c0.clone();
-            f(&p, &mut got);
+            f(&p, &mut got).expect("operands match the sizes");
             for i in 0..m {
                 for j in 0..n {
                     let mag: f32 = (0..k)
@@ -724,7 +733,8 @@ mod tests {
                     nc: 4,
                 },
             )
-        };
+        }
+        .expect("operands match the sizes");
         assert_eq!(c, [1.0, 2.0, 3.0, 4.0]);
         let p = SGemm { beta: 0.0, ..p };
         let mut c = [f32::NAN; 4];
@@ -739,7 +749,8 @@ mod tests {
                     nc: 4,
                 },
             )
-        };
+        }
+        .expect("operands match the sizes");
         assert_eq!(c, [0.0; 4]);
     }
 }

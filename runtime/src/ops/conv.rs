@@ -7,6 +7,7 @@
 //! keeping it from the forward pass.
 
 use super::im2col::{col2im_add, im2col_f32, im2col_u4, im2col_u8, ConvGeom};
+use crate::exec::PassError;
 use qmul_kernels::{pack, BMat, QGemm, SGemm};
 
 /// A convolution input in one of the representations the graph produces.
@@ -25,6 +26,16 @@ pub enum ConvInput<'a> {
     F32(&'a [f32]),
 }
 
+impl ConvInput<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            ConvInput::Codes4 { .. } => "4-bit",
+            ConvInput::Bytes { .. } => "8-bit",
+            ConvInput::F32(_) => "f32",
+        }
+    }
+}
+
 /// Quantized or float weights of one layer, rows = output channels.
 #[derive(Clone, Copy, Debug)]
 pub enum ConvWeights<'a> {
@@ -36,8 +47,18 @@ pub enum ConvWeights<'a> {
     F32(&'a [f32]),
 }
 
+impl ConvWeights<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            ConvWeights::Int4 { .. } => "4-bit",
+            ConvWeights::Int8 { .. } => "8-bit",
+            ConvWeights::F32(_) => "f32",
+        }
+    }
+}
+
 /// Output `[m, cout]` (NHWC) of the convolution.
-pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Vec<f32> {
+pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, PassError> {
     let (m, n, kd) = (g.m(), g.cout, g.kdim());
     let mut out = vec![0.0f32; m * n];
     match (x, w) {
@@ -60,7 +81,7 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Vec<f32> {
                 ldc: n,
                 accumulate: false,
             };
-            qmul_kernels::qgemm_u4s4(&p, &mut out);
+            qmul_kernels::qgemm_u4s4(&p, &mut out)?;
         }
         (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
             let cols = im2col_u8(g, data);
@@ -75,7 +96,7 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Vec<f32> {
                 ldc: n,
                 accumulate: false,
             };
-            qmul_kernels::qgemm_u8s8(&p, &mut out);
+            qmul_kernels::qgemm_u8s8(&p, &mut out)?;
         }
         (x, ConvWeights::F32(wf)) => {
             let xf = to_f32(x, g.n * g.h * g.w * g.cin);
@@ -93,11 +114,17 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Vec<f32> {
                 beta: 0.0,
                 ldc: n,
             };
-            qmul_kernels::sgemm(&p, &mut out);
+            qmul_kernels::sgemm(&p, &mut out)?;
         }
-        (x, w) => panic!("unsupported conv operand pair {x:?} / {w:?}"),
+        (x, w) => {
+            return Err(PassError(format!(
+                "unsupported conv operand pair: {} input with {} weights",
+                x.kind(),
+                w.kind()
+            )))
+        }
     }
-    out
+    Ok(out)
 }
 
 /// Gradients of a convolution: `dwq` (`cout x kdim`, w.r.t. the quantized weight
@@ -108,7 +135,7 @@ pub fn backward(
     w: ConvWeights,
     dy: &[f32],
     need_dx: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> Result<(Vec<f32>, Option<Vec<f32>>), PassError> {
     let (m, n, kd) = (g.m(), g.cout, g.kdim());
     let mut dw = vec![0.0f32; n * kd];
     // dW = X^T * dY, with X the column matrix (codes widened inside the GEMM).
@@ -158,10 +185,10 @@ pub fn backward(
             beta: 0.0,
             ldc: kd,
         };
-        qmul_kernels::sgemm(&p, &mut dw);
+        qmul_kernels::sgemm(&p, &mut dw)?;
     }
     if !need_dx {
-        return (dw, None);
+        return Ok((dw, None));
     }
     // dX_cols = (dY * diag(scale)) * W_codes, then scatter back with col2im.
     let (b, dys) = match w {
@@ -198,10 +225,10 @@ pub fn backward(
         beta: 0.0,
         ldc: kd,
     };
-    qmul_kernels::sgemm(&p, cols);
+    qmul_kernels::sgemm(&p, cols)?;
     let mut dx = vec![0.0f32; g.n * g.h * g.w * g.cin];
     col2im_add(g, cols, kd, &mut dx);
-    (dw, Some(dx))
+    Ok((dw, Some(dx)))
 }
 
 /// `dy[i][j] * s[j]`.

@@ -5,6 +5,7 @@
 //! are non-negative, and a per-row scale keeps every sample's logits independent
 //! of what else is in the batch. The backward treats that rounding as identity.
 
+use crate::exec::PassError;
 use qmul_kernels::{pack, BMat, QGemm, SGemm};
 
 /// Weights of one linear layer (`out x cin`).
@@ -43,7 +44,7 @@ pub fn forward(
     out: usize,
     w: LinearWeights,
     bias: &[f32],
-) -> Vec<f32> {
+) -> Result<Vec<f32>, PassError> {
     let mut y = vec![0.0f32; n * out];
     match w {
         LinearWeights::Int8 { rows, scale } => {
@@ -59,7 +60,7 @@ pub fn forward(
                 ldc: out,
                 accumulate: false,
             };
-            qmul_kernels::qgemm_u8s8(&p, &mut y);
+            qmul_kernels::qgemm_u8s8(&p, &mut y)?;
             for (row, s) in y.chunks_mut(out).zip(&rs) {
                 row.iter_mut().for_each(|v| *v *= s);
             }
@@ -81,13 +82,13 @@ pub fn forward(
                 beta: 0.0,
                 ldc: out,
             };
-            qmul_kernels::sgemm(&p, &mut y);
+            qmul_kernels::sgemm(&p, &mut y)?;
         }
     }
     for row in y.chunks_mut(out) {
         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
     }
-    y
+    Ok(y)
 }
 
 /// Returns `(dwq, dbias, dx)` for output gradient `dy`.
@@ -98,7 +99,7 @@ pub fn backward(
     out: usize,
     w: LinearWeights,
     dy: &[f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), PassError> {
     let mut db = vec![0.0f32; out];
     for row in dy.chunks(out) {
         db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
@@ -135,7 +136,7 @@ pub fn backward(
         beta: 0.0,
         ldc: cin,
     };
-    qmul_kernels::sgemm(&p, &mut dw);
+    qmul_kernels::sgemm(&p, &mut dw)?;
     let mut dx = vec![0.0f32; n * cin];
     match w {
         LinearWeights::Int8 { rows, scale } => {
@@ -159,7 +160,7 @@ pub fn backward(
                 beta: 0.0,
                 ldc: cin,
             };
-            qmul_kernels::sgemm(&p, &mut dx);
+            qmul_kernels::sgemm(&p, &mut dx)?;
         }
         LinearWeights::F32(wf) => {
             let p = SGemm {
@@ -174,8 +175,8 @@ pub fn backward(
                 beta: 0.0,
                 ldc: cin,
             };
-            qmul_kernels::sgemm(&p, &mut dx);
+            qmul_kernels::sgemm(&p, &mut dx)?;
         }
     }
-    (dw, db, dx)
+    Ok((dw, db, dx))
 }

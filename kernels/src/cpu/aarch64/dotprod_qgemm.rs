@@ -22,27 +22,26 @@ use super::detect_dotprod;
 use super::neon_qgemm::{
     add_bias, as_i8, panel_cols, store, sum_s8, unpack_s4, unpack_u4, with_scratch, MR, NR,
 };
-use crate::QGemm;
+use crate::{QGemm, ShapeError};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(
-        detect_dotprod(),
-        "dotprod kernel called on a CPU without the dot-product extension"
-    );
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_dotprod() {
+        return Err(ShapeError::unsupported("dotprod"));
+    }
     // SAFETY: the features are present, and `check` guarantees that A, B,
     // col_scale and C hold every row and column the kernel touches.
-    unsafe { u4s4(p, c) }
+    unsafe { u4s4(p, c) };
+    Ok(())
 }
 
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(
-        detect_dotprod(),
-        "dotprod kernel called on a CPU without the dot-product extension"
-    );
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_dotprod() {
+        return Err(ShapeError::unsupported("dotprod"));
+    }
     // SAFETY: as in `qgemm_u4s4`; the `usdot` path runs only where i8mm was detected.
     unsafe {
         if std::arch::is_aarch64_feature_detected!("i8mm") {
@@ -51,6 +50,7 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
             u8s8_biased(p, c)
         }
     }
+    Ok(())
 }
 
 #[target_feature(enable = "neon,dotprod")]

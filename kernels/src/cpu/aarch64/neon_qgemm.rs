@@ -22,7 +22,7 @@
 
 use super::detect_neon;
 pub(super) use crate::cpu::scratch::{as_i8, with_scratch};
-use crate::QGemm;
+use crate::{QGemm, ShapeError};
 use std::arch::aarch64::*;
 
 /// Rows of A per register tile.
@@ -35,19 +35,25 @@ const I16_STEPS: usize = 128;
 /// the L2 cache while every row tile of A passes over it.
 const PANEL_BYTES: usize = 256 << 10;
 
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(detect_neon(), "neon kernel called on a CPU without NEON");
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_neon() {
+        return Err(ShapeError::unsupported("neon"));
+    }
     // SAFETY: NEON is present, and `check` guarantees that A, B, col_scale and
     // C hold every row and column the kernel touches.
-    unsafe { u4s4(p, c) }
+    unsafe { u4s4(p, c) };
+    Ok(())
 }
 
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(detect_neon(), "neon kernel called on a CPU without NEON");
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_neon() {
+        return Err(ShapeError::unsupported("neon"));
+    }
     // SAFETY: as in `qgemm_u4s4`.
-    unsafe { u8s8(p, c) }
+    unsafe { u8s8(p, c) };
+    Ok(())
 }
 
 /// Output columns per panel for rows of `row_len` bytes, a multiple of [`NR`].

@@ -10,7 +10,7 @@
 //! `m = Cout` (16..=128) are multiples of 8; other widths use the narrowed last panel.
 
 use super::super::sgemm_blocking::{gemm, widen_portable, Blocking, Codes, MicroKernel};
-use crate::SGemm;
+use crate::{SGemm, ShapeError};
 use std::arch::aarch64::*;
 
 /// KC = 256: one B panel (256 x 12 floats = 12 KiB) and one A panel (8 KiB) fit
@@ -27,21 +27,20 @@ const MR: usize = 8;
 const NV: usize = 3;
 
 /// f32 GEMM, single-threaded, NEON.
-pub fn sgemm(p: &SGemm, c: &mut [f32]) {
+pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     sgemm_with(p, c, BLOCKING)
 }
 
-fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) {
-    assert!(
-        std::arch::is_aarch64_feature_detected!("neon"),
-        "neon sgemm needs NEON"
-    );
+fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
+    if !std::arch::is_aarch64_feature_detected!("neon") {
+        return Err(ShapeError::unsupported("neon sgemm"));
+    }
     // SAFETY: feature checked above.
     unsafe { sgemm_neon(p, c, bl) }
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn sgemm_neon(p: &SGemm, c: &mut [f32], bl: Blocking) {
+unsafe fn sgemm_neon(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
     // SAFETY: this function only runs where NEON is available.
     unsafe { gemm::<Q>(p, c, bl) }
 }

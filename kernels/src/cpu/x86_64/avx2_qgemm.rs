@@ -27,7 +27,7 @@
 
 use super::detect_avx2;
 pub(super) use crate::cpu::scratch::{as_i8, with_scratch};
-use crate::QGemm;
+use crate::{QGemm, ShapeError};
 use std::arch::x86_64::*;
 
 /// Fewest rows of A for column lanes with u4 x s4 codes. With fewer, repacking
@@ -58,9 +58,11 @@ const I16_STEPS: usize = 128;
 /// In row dots, B rows are processed in panels of about this many bytes.
 const PANEL_BYTES: usize = 256 << 10;
 
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(detect_avx2(), "avx2 kernel called on a CPU without AVX2");
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_avx2() {
+        return Err(ShapeError::unsupported("avx2"));
+    }
     // SAFETY: AVX2 is present, and `check` guarantees that A, B, col_scale and C
     // hold every row and column the kernel touches.
     unsafe {
@@ -70,11 +72,14 @@ pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
             dots_u4s4(p, c)
         }
     }
+    Ok(())
 }
 
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
-    p.check(c.len());
-    assert!(detect_avx2(), "avx2 kernel called on a CPU without AVX2");
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    if !detect_avx2() {
+        return Err(ShapeError::unsupported("avx2"));
+    }
     // SAFETY: as in `qgemm_u4s4`.
     unsafe {
         if p.m >= LANES_MIN_ROWS_U8S8 {
@@ -83,6 +88,7 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
             dots_u8s8(p, c)
         }
     }
+    Ok(())
 }
 
 /// How the rows of A and B hold their codes.

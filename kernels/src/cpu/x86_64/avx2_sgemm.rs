@@ -12,7 +12,7 @@
 //! makes writing C the bottleneck.
 
 use super::super::sgemm_blocking::{gemm, widen_portable, Blocking, Codes, MicroKernel};
-use crate::SGemm;
+use crate::{SGemm, ShapeError};
 use std::arch::x86_64::*;
 
 /// KC = 256: one B panel (256 x 16 floats = 16 KiB) and one A panel (6 KiB)
@@ -30,21 +30,20 @@ const MR: usize = 6;
 const NV: usize = 2;
 
 /// f32 GEMM, single-threaded, AVX2 + FMA.
-pub fn sgemm(p: &SGemm, c: &mut [f32]) {
+pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     sgemm_with(p, c, BLOCKING)
 }
 
-pub(super) fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) {
-    assert!(
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-        "avx2 sgemm needs AVX2 and FMA"
-    );
+pub(super) fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return Err(ShapeError::unsupported("avx2 sgemm (AVX2 and FMA)"));
+    }
     // SAFETY: features checked above.
     unsafe { sgemm_avx2(p, c, bl) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sgemm_avx2(p: &SGemm, c: &mut [f32], bl: Blocking) {
+unsafe fn sgemm_avx2(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
     // SAFETY: this function only runs where AVX2 and FMA are available.
     unsafe { gemm::<Ymm>(p, c, bl) }
 }

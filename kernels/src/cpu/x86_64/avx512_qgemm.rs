@@ -16,7 +16,7 @@
 
 use super::avx2_qgemm::{self, as_i8, unpack_s4, unpack_u4, with_scratch};
 use super::detect_avx512vnni;
-use crate::QGemm;
+use crate::{QGemm, ShapeError};
 use std::arch::x86_64::*;
 
 /// Output columns per panel: one i32 lane each.
@@ -36,31 +36,31 @@ const KSPLIT: usize = 4;
 /// the L2 cache while every row tile of A passes over it.
 const BLOCK_BYTES: usize = 256 << 10;
 
-pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) {
+pub fn qgemm_u4s4(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     if p.m < MR {
         return avx2_qgemm::qgemm_u4s4(p, c);
     }
-    p.check(c.len());
-    assert!(
-        detect_avx512vnni(),
-        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
-    );
+    p.check(c.len())?;
+    if !detect_avx512vnni() {
+        return Err(ShapeError::unsupported("avx512vnni"));
+    }
     // SAFETY: the features are present, and `check` guarantees that A, B,
     // col_scale and C hold every row and column the kernel touches.
-    unsafe { gemm(p, c, Codes::Nibbles) }
+    unsafe { gemm(p, c, Codes::Nibbles) };
+    Ok(())
 }
 
-pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) {
+pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     if p.m < MR {
         return avx2_qgemm::qgemm_u8s8(p, c);
     }
-    p.check(c.len());
-    assert!(
-        detect_avx512vnni(),
-        "avx512vnni kernel called on a CPU without AVX-512 VNNI"
-    );
+    p.check(c.len())?;
+    if !detect_avx512vnni() {
+        return Err(ShapeError::unsupported("avx512vnni"));
+    }
     // SAFETY: as in `qgemm_u4s4`.
-    unsafe { gemm(p, c, Codes::Bytes) }
+    unsafe { gemm(p, c, Codes::Bytes) };
+    Ok(())
 }
 
 /// How the rows of A and B hold their codes.

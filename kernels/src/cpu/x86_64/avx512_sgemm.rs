@@ -18,7 +18,7 @@
 
 use super::super::sgemm_blocking::{gemm, widen_portable, Blocking, Codes, MicroKernel};
 use super::avx2_sgemm::nibbles16;
-use crate::SGemm;
+use crate::{SGemm, ShapeError};
 use std::arch::x86_64::*;
 
 /// KC = 256: a wide-tile B panel (256 x 48 floats = 48 KiB) then lives in L2
@@ -36,21 +36,20 @@ const BLOCKING: Blocking = Blocking {
 const MR: usize = 8;
 
 /// f32 GEMM, single-threaded, AVX-512F.
-pub fn sgemm(p: &SGemm, c: &mut [f32]) {
+pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     sgemm_with(p, c, BLOCKING)
 }
 
-fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) {
-    assert!(
-        is_x86_feature_detected!("avx512f"),
-        "avx512 sgemm needs AVX-512F"
-    );
+fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
+    if !is_x86_feature_detected!("avx512f") {
+        return Err(ShapeError::unsupported("avx512 sgemm (AVX-512F)"));
+    }
     // SAFETY: feature checked above.
     unsafe { sgemm_avx512(p, c, bl) }
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn sgemm_avx512(p: &SGemm, c: &mut [f32], bl: Blocking) {
+unsafe fn sgemm_avx512(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
     // SAFETY (both): this function only runs where AVX-512F is available.
     if p.k <= bl.kc {
         unsafe { gemm::<Zmm<1>>(p, c, bl) }
