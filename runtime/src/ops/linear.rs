@@ -91,6 +91,9 @@ pub fn forward(
     Ok(y)
 }
 
+/// Gradients of a linear layer: `(dwq, dbias, dx)`.
+pub type LinearGrads = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Returns `(dwq, dbias, dx)` for output gradient `dy`.
 pub fn backward(
     x: &[f32],
@@ -99,7 +102,7 @@ pub fn backward(
     out: usize,
     w: LinearWeights,
     dy: &[f32],
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>), PassError> {
+) -> Result<LinearGrads, PassError> {
     let mut db = vec![0.0f32; out];
     for row in dy.chunks(out) {
         db.iter_mut().zip(row).for_each(|(a, b)| *a += b);
