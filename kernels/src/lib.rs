@@ -187,6 +187,9 @@ impl QGemm<'_> {
     }
 }
 
+/// What every GEMM entry point returns.
+pub type KernelResult = Result<(), ShapeError>;
+
 /// A GEMM call whose operands do not match its sizes, or a kernel variant
 /// called on a CPU that lacks its instructions. Nothing was written to `C`.
 #[derive(Clone, Debug, PartialEq, Eq)]

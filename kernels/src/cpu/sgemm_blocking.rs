@@ -520,7 +520,7 @@ pub(crate) mod testing {
     /// shapes, every B encoding, row-major / transposed / strided A, beta 0 and
     /// not) and compares with the scalar reference within f32 rounding.
     pub fn check_against_scalar(
-        f: &dyn Fn(&SGemm, &mut [f32]) -> Result<(), crate::ShapeError>,
+        f: &dyn Fn(&SGemm, &mut [f32]) -> crate::KernelResult,
         cases: usize,
         seed: u64,
     ) {
