@@ -323,7 +323,7 @@ mod tests {
                 accumulate: false,
             };
             let mut want = vec![0.0; m * n];
-            crate::cpu::scalar::qgemm_u8s8(&p, &mut want);
+            crate::cpu::scalar::qgemm_u8s8(&p, &mut want).expect("operands match the sizes");
             let mut got = vec![0.0; m * n];
             unsafe { u8s8_biased(&p, &mut got) };
             assert_eq!(got, want, "sdot with biased A");
