@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md at the repository root for how the modules fit together.
 
+pub mod data;
 pub mod exec;
 pub mod graph;
 pub mod metrics;

@@ -21,14 +21,12 @@
 
 pub mod augment;
 pub mod batches;
-pub mod cifar;
-pub mod dataset;
-pub mod error;
-pub mod file;
-pub mod idx;
-pub mod rng;
 pub mod shipped;
 pub mod spec;
+
+// The readers live in the runtime, which the C ABI serves from; re-exported
+// here under their old paths.
+pub use qmul_runtime::data::{cifar, dataset, error, file, idx, rng};
 
 pub use augment::{Augment, Transform};
 pub use batches::{epoch_order, Batch, Batches};

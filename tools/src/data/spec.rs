@@ -376,7 +376,7 @@ fn read_class_names(path: &Path, classes: usize) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::cifar::tests::record;
+    use super::super::cifar::synthetic_record as record;
     use super::super::idx::write_idx_pair;
     use super::*;
 

@@ -138,25 +138,30 @@ pub fn load_cifar_files(
     )
 }
 
+/// A synthetic record for tests that write small CIFAR files: the pixel at
+/// (y, x) has R = y, G = x, B = last label byte + 100 (planar, as on disk).
+pub fn synthetic_record(labels: &[u8]) -> Vec<u8> {
+    let mut r = labels.to_vec();
+    let plane = CIFAR_SIDE * CIFAR_SIDE;
+    let mut px = vec![0u8; 3 * plane];
+    let b = labels.last().copied().unwrap_or(0).wrapping_add(100);
+    for y in 0..CIFAR_SIDE {
+        for x in 0..CIFAR_SIDE {
+            px[y * CIFAR_SIDE + x] = y as u8;
+            px[plane + y * CIFAR_SIDE + x] = x as u8;
+            px[2 * plane + y * CIFAR_SIDE + x] = b;
+        }
+    }
+    r.extend_from_slice(&px);
+    r
+}
+
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A record whose pixel at (y, x) has R = y, G = x, B = label byte + 100
-    /// (planar, as on disk).
-    pub(crate) fn record(labels: &[u8]) -> Vec<u8> {
-        let mut r = labels.to_vec();
-        let plane = CIFAR_SIDE * CIFAR_SIDE;
-        let mut px = vec![0u8; 3 * plane];
-        for y in 0..CIFAR_SIDE {
-            for x in 0..CIFAR_SIDE {
-                px[y * CIFAR_SIDE + x] = y as u8;
-                px[plane + y * CIFAR_SIDE + x] = x as u8;
-                px[2 * plane + y * CIFAR_SIDE + x] = labels[labels.len() - 1] + 100;
-            }
-        }
-        r.extend_from_slice(&px);
-        r
+    fn record(labels: &[u8]) -> Vec<u8> {
+        synthetic_record(labels)
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub enum DataError {
 
 impl DataError {
     /// Shorthand for a [`DataError::Format`] error.
-    pub(crate) fn format(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
+    pub fn format(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
         DataError::Format {
             path: path.as_ref().to_path_buf(),
             reason: reason.into(),
@@ -69,7 +69,7 @@ impl DataError {
     /// Shorthand for a [`DataError::Io`] error; a `NotFound` I/O error is
     /// turned into [`DataError::Missing`] with the given hint so the user is
     /// told how to obtain the file rather than just "No such file".
-    pub(crate) fn io(path: impl AsRef<Path>, source: io::Error, hint: &str) -> Self {
+    pub fn io(path: impl AsRef<Path>, source: io::Error, hint: &str) -> Self {
         let path = path.as_ref().to_path_buf();
         if source.kind() == io::ErrorKind::NotFound && !hint.is_empty() {
             DataError::Missing {
