@@ -143,6 +143,14 @@ impl std::error::Error for GraphError {}
 /// from overflow when a hostile model file describes the graph.
 const MAX_DIM: usize = 1 << 16;
 
+/// Most nodes a graph may have (ResNet-18 has 61). Bounds the work and memory of
+/// validating a hostile graph.
+pub const MAX_NODES: usize = 4096;
+
+/// Longest input-to-node path accepted. The backward pass recomputes values
+/// between checkpoints recursively, so this bounds its stack use too.
+pub const MAX_DEPTH: usize = 1024;
+
 impl Graph {
     /// Checks every edge, shape and precision rule and returns each node's output shape.
     pub fn shapes(&self) -> Result<Vec<Shape>, GraphError> {
@@ -150,6 +158,13 @@ impl Graph {
         if self.nodes.is_empty() {
             return Err(GraphError("no nodes".into()));
         }
+        if self.nodes.len() > MAX_NODES {
+            return Err(GraphError(format!(
+                "{} nodes, more than the {MAX_NODES} allowed",
+                self.nodes.len()
+            )));
+        }
+        let mut depth = vec![0usize; self.nodes.len()];
         let mut shapes: Vec<Shape> = Vec::with_capacity(self.nodes.len());
         let mut names = std::collections::HashSet::new();
         for (i, op) in self.nodes.iter().enumerate() {
@@ -157,6 +172,10 @@ impl Graph {
                 if j >= i {
                     return err(i, &format!("input {j} is not an earlier node"));
                 }
+                depth[i] = depth[i].max(depth[j] + 1);
+            }
+            if depth[i] > MAX_DEPTH {
+                return err(i, &format!("deeper than the {MAX_DEPTH} nodes allowed"));
             }
             if let Some(name) = op.name() {
                 if name.is_empty() || !names.insert(name.to_string()) {

@@ -4,6 +4,8 @@
 //! See ARCHITECTURE.md at the repository root for how the modules fit together.
 
 pub mod data;
+pub mod durable;
+pub mod error;
 pub mod exec;
 pub mod graph;
 pub mod metrics;

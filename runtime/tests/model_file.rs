@@ -159,6 +159,50 @@ fn every_truncation_and_many_corruptions_are_errors() {
     );
 }
 
+/// The header (as JSON) and data block of a model file.
+fn split(bytes: &[u8]) -> (serde_json::Map<String, serde_json::Value>, Vec<u8>) {
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).unwrap();
+    (h.as_object().unwrap().clone(), bytes[8 + hlen..].to_vec())
+}
+
+/// A file from a header and a data block, with the data checksum recomputed
+/// so that tests reach the checks behind it.
+fn join(mut h: serde_json::Map<String, serde_json::Value>, data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let sum: String = sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(m) = h.get_mut("__metadata__").and_then(|m| m.as_object_mut()) {
+        if m.contains_key("data_sha256") {
+            m.insert("data_sha256".into(), sum.into());
+        }
+    }
+    raw_join(&serde_json::Value::Object(h).to_string(), data)
+}
+
+fn raw_join(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut hb = header.as_bytes().to_vec();
+    hb.resize(hb.len().next_multiple_of(8), b' ');
+    let mut b = (hb.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(&hb);
+    b.extend_from_slice(data);
+    b
+}
+
+fn set_meta(h: &mut serde_json::Map<String, serde_json::Value>, key: &str, value: &str) {
+    h["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .insert(key.into(), value.into());
+}
+
+/// Byte offset in the data block of tensor `name`.
+fn data_offset(h: &serde_json::Map<String, serde_json::Value>, name: &str) -> usize {
+    h[name]["data_offsets"][0].as_u64().unwrap() as usize
+}
+
 #[test]
 fn non_finite_and_bad_padding_are_rejected() {
     let m = trained(QuantScheme::Pact);
@@ -169,17 +213,169 @@ fn non_finite_and_bad_padding_are_rejected() {
         .position(|t| t.name == "c1.bn.gamma")
         .unwrap();
     bad.params[gi].data[0] = f32::NAN;
-    let bytes = model_file::to_bytes(&bad).unwrap();
-    let e = model_file::from_bytes(&bytes).unwrap_err().to_string();
+    // A diverged model is not written at all...
+    let e = model_file::to_bytes(&bad).unwrap_err().to_string();
+    assert!(e.contains("diverged"), "{e}");
+    // ...and a file with a NaN in it does not load.
+    let good = model_file::to_bytes(&m).unwrap();
+    let (h, mut data) = split(&good);
+    let o = data_offset(&h, "c1.bn.gamma");
+    data[o..o + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let e = model_file::from_bytes(&join(h.clone(), &data))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("non-finite"), "{e}");
     // A set nibble in the row padding of the 4-bit codes.
-    let good = model_file::to_bytes(&m).unwrap();
-    let (hlen, meta) = safetensors::SafeTensors::read_metadata(&good).unwrap();
-    let info = meta.info("c1.codes").unwrap();
-    let row_bytes = info.shape[1];
-    let start = 8 + hlen + info.data_offsets.0;
-    let mut b = good.clone();
-    b[start + row_bytes - 1] |= 0x10; // last byte of row 0: beyond k = 45 codes
-    let e = model_file::from_bytes(&b).unwrap_err().to_string();
+    let (_, mut data) = split(&good);
+    let row_bytes = h["c1.codes"]["shape"][1].as_u64().unwrap() as usize;
+    let start = data_offset(&h, "c1.codes");
+    data[start + row_bytes - 1] |= 0x10; // last byte of row 0: beyond k = 45 codes
+    let e = model_file::from_bytes(&join(h, &data))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("padding"), "{e}");
+}
+
+#[test]
+fn a_flipped_bit_in_the_weights_fails_the_checksum() {
+    let good = model_file::to_bytes(&trained(QuantScheme::Pact)).unwrap();
+    let loaded = model_file::from_bytes_checked(&good).unwrap();
+    assert_eq!(loaded.integrity, model_file::Integrity::Verified);
+    let hlen = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut r = qmul_runtime::rng::Rng::new(11);
+    for _ in 0..200 {
+        let mut b = good.clone();
+        let i = 8 + hlen + r.below(good.len() - 8 - hlen);
+        b[i] ^= 1 << r.below(8);
+        let e = model_file::from_bytes(&b).unwrap_err();
+        assert!(
+            matches!(e, model_file::ModelFileError::Checksum(_)),
+            "byte {i}: {e}"
+        );
+    }
+}
+
+#[test]
+fn version_1_files_without_a_checksum_still_load() {
+    let m = trained(QuantScheme::Lsq);
+    let good = model_file::to_bytes(&m).unwrap();
+    let (mut h, data) = split(&good);
+    h["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .remove("data_sha256");
+    set_meta(&mut h, "format_version", "1");
+    let old = join(h, &data);
+    let loaded = model_file::from_bytes_checked(&old).unwrap();
+    assert_eq!(loaded.integrity, model_file::Integrity::Unchecked);
+    assert_eq!(loaded.format_version, 1);
+    // Saving it again writes the current version, with a checksum.
+    assert_eq!(model_file::to_bytes(&loaded.model).unwrap(), good);
+    // A version-2 file must carry its checksum.
+    let (mut h, data) = split(&good);
+    h["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .remove("data_sha256");
+    let e = model_file::from_bytes(&join(h, &data))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("data_sha256"), "{e}");
+}
+
+#[test]
+fn contradicting_metadata_and_repeated_keys_are_rejected() {
+    let good = model_file::to_bytes(&trained(QuantScheme::Pact)).unwrap();
+    let (h, data) = split(&good);
+    let mut lie = h.clone();
+    set_meta(&mut lie, "scheme", "lsq");
+    let e = model_file::from_bytes(&join(lie, &data))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("scheme"), "{e}");
+    // The same tensor entry twice (the JSON parsers would keep the last one).
+    let text = serde_json::Value::Object(h.clone()).to_string();
+    let entry = format!("\"fc.bias\":{}", h["fc.bias"]);
+    let twice = text.replacen(&entry, &format!("{entry},{entry}"), 1);
+    assert_ne!(twice, text);
+    let e = model_file::from_bytes(&raw_join(&twice, &data))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appears twice"), "{e}");
+    // A repeated key inside the graph's own JSON.
+    let mut g = h.clone();
+    let graph = g["__metadata__"]["graph"].as_str().unwrap().to_string();
+    let dup = graph.replacen("\"classes\":4", "\"classes\":4,\"classes\":4", 1);
+    set_meta(&mut g, "graph", &dup);
+    let e = model_file::from_bytes(&join(g, &data))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("appears twice"), "{e}");
+}
+
+#[test]
+fn quantizer_parameters_outside_their_range_are_rejected() {
+    let good = model_file::to_bytes(&trained(QuantScheme::Dsq)).unwrap();
+    let (h, data) = split(&good);
+    for alpha in [0.0f32, 0.5, 0.7, -0.1] {
+        let mut d = data.clone();
+        // DSQ activation parameters are [u, alpha].
+        let o = data_offset(&h, "c1.act.q") + 4;
+        d[o..o + 4].copy_from_slice(&alpha.to_le_bytes());
+        let e = model_file::from_bytes(&join(h.clone(), &d))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("valid range"), "alpha {alpha}: {e}");
+    }
+}
+
+#[test]
+fn a_hostile_graph_cannot_make_the_loader_allocate() {
+    // A small file whose graph declares enormous layers: rejected from the
+    // header alone, before any weight memory is allocated.
+    let good = model_file::to_bytes(&trained(QuantScheme::Pact)).unwrap();
+    let (h, data) = split(&good);
+    let graph = h["__metadata__"]["graph"].as_str().unwrap().to_string();
+    for (from, to) in [
+        ("\"cout\":7", "\"cout\":65536"),
+        ("\"cout\":5", "\"cout\":65536"),
+        ("\"out\":4", "\"out\":65536"),
+        ("\"h\":8,\"w\":8", "\"h\":8192,\"w\":8192"),
+    ] {
+        let mut g = h.clone();
+        set_meta(&mut g, "graph", &graph.replacen(from, to, 1));
+        let t = std::time::Instant::now();
+        let e = model_file::from_bytes(&join(g, &data))
+            .unwrap_err()
+            .to_string();
+        assert!(t.elapsed().as_secs_f64() < 1.0, "{to}: slow rejection");
+        assert!(!e.is_empty());
+    }
+    // Too many nodes, and too deep a graph.
+    let mut nodes = vec![Op::Input { h: 4, w: 4, c: 1 }];
+    for i in 0..5000 {
+        nodes.push(Op::Act {
+            name: format!("a{i}"),
+            input: i,
+        });
+    }
+    let g = Graph {
+        nodes,
+        scheme: QuantScheme::None,
+        classes: 2,
+    };
+    assert!(g.shapes().unwrap_err().to_string().contains("nodes"));
+    let mut nodes = vec![Op::Input { h: 4, w: 4, c: 1 }];
+    for i in 0..2000 {
+        nodes.push(Op::Act {
+            name: format!("a{i}"),
+            input: i,
+        });
+    }
+    let g = Graph {
+        nodes,
+        scheme: QuantScheme::None,
+        classes: 2,
+    };
+    assert!(g.shapes().unwrap_err().to_string().contains("deeper"));
 }
