@@ -113,6 +113,13 @@ pub fn append(path: &Path, record: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes `record` to the end of an open (append or seeked) file in one write
+/// and flushes it to disk.
+pub fn append_to(f: &mut File, record: &[u8]) -> io::Result<()> {
+    f.write_all(record)?;
+    f.sync_all()
+}
+
 /// Whether the process `pid` may still be running (and so may still be
 /// writing its temporary file). Without `/proc`, every process counts as alive
 /// and only temporary files older than a day are removed.

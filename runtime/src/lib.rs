@@ -17,6 +17,8 @@ pub mod par;
 pub mod quant;
 pub mod reference;
 pub mod rng;
+pub mod samples;
+pub mod session;
 pub mod unlearn;
 
 pub use exec::{Pass, PassError, Targets, Value};

@@ -3,32 +3,18 @@
 //! SalUn, FT, GA, l1-sparse), all trained with the straight-through backward.
 //!
 //! The caller supplies the forget set and the retain data as u8 images and
-//! labels; the runtime never reads a data set itself. A run works on a copy of
-//! the model and replaces it only when it finishes, so a cancelled or failed
-//! run leaves the model as it was.
+//! labels. A run works on a copy of the model and returns the new model only
+//! when it finishes, so a cancelled or failed run changes nothing. Progress is
+//! reported, and cancellation honoured, after every batch of every pass: the
+//! Similar-Labels and AGR pre-passes and the saliency mask included.
 
 use crate::exec::{PassError, Targets};
 use crate::model::Model;
-use crate::ops::loss::softmax;
 use crate::optim::{cosine_lr, Sgd};
 use crate::rng::Rng;
+use crate::samples::probabilities;
 
-/// Images (NHWC u8, as the model's input) and labels of a set of samples.
-#[derive(Clone, Copy, Debug)]
-pub struct Samples<'a> {
-    pub images: &'a [u8],
-    pub labels: &'a [u32],
-}
-
-impl Samples<'_> {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
+pub use crate::samples::Samples;
 
 /// How forget samples are relabelled each epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -183,13 +169,31 @@ pub struct EpochLog {
     pub seconds: f64,
 }
 
-/// Progress report to the caller, who returns `false` to cancel.
+/// Which pass of a run a progress report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// SalUn's saliency mask (once, before the first epoch).
+    Saliency,
+    /// Similar Labels: eval-mode probabilities of the forget set.
+    SimilarLabels,
+    /// AGR's gradient norms on both sides.
+    GradientNorms,
+    /// The training steps.
+    Train,
+}
+
+/// Progress report to the caller, who returns `false` to cancel. `step` of
+/// `steps` counts training steps over the whole run; `batch` of `batches`
+/// counts the batches of the current pass (pre-passes included).
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
+    pub phase: Phase,
     pub epoch: usize,
     pub epochs: usize,
     pub step: usize,
     pub steps: usize,
+    pub batch: usize,
+    pub batches: usize,
 }
 
 #[derive(Debug)]
@@ -198,7 +202,7 @@ pub enum UnlearnError {
     Invalid(String),
     /// The caller's progress callback asked to stop; the model is unchanged.
     Cancelled,
-    /// The loss became NaN or infinite; the model is unchanged.
+    /// The loss or the parameters became NaN or infinite; the model is unchanged.
     Diverged(String),
 }
 
@@ -207,9 +211,10 @@ impl std::fmt::Display for UnlearnError {
         match self {
             UnlearnError::Invalid(m) => write!(f, "invalid unlearning input: {m}"),
             UnlearnError::Cancelled => f.write_str("unlearning cancelled; the model is unchanged"),
-            UnlearnError::Diverged(m) => {
-                write!(f, "unlearning diverged ({m}); the model is unchanged")
-            }
+            UnlearnError::Diverged(m) => write!(
+                f,
+                "unlearning diverged ({m}); the model is unchanged (lower the learning rate)"
+            ),
         }
     }
 }
@@ -226,10 +231,10 @@ impl From<PassError> for UnlearnError {
 /// class `j != y` minimising `|p_j - p_y|` (the runner-up when `y` is predicted).
 pub fn similar_labels(probs: &[f32], classes: usize, labels: &[u32]) -> Vec<u32> {
     probs
-        .chunks(classes)
+        .chunks(classes.max(1))
         .zip(labels)
         .map(|(p, &y)| {
-            let py = p[y as usize];
+            let py = p.get(y as usize).copied().unwrap_or(0.0);
             (0..classes)
                 .filter(|&j| j != y as usize)
                 .min_by(|&a, &b| (p[a] - py).abs().total_cmp(&(p[b] - py).abs()))
@@ -261,95 +266,212 @@ pub fn grad_norm_sum(grads: &[Vec<f32>]) -> f64 {
         .sum()
 }
 
-fn gather(s: &Samples, idx: &[usize], image_len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(idx.len() * image_len);
-    for &i in idx {
-        out.extend_from_slice(&s.images[i * image_len..(i + 1) * image_len]);
-    }
-    out
+/// Which samples an epoch trains on, and in what order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Passes {
+    /// Relabelled forget samples and retain samples (sequential or mixed).
+    Both(Variant),
+    /// The forget set alone (gradient ascent).
+    ForgetOnly,
+    /// The retain set alone (fine-tuning, l1-sparse).
+    RetainOnly,
 }
 
-/// Eval-mode softmax probabilities of all samples.
-fn probabilities(
-    model: &Model,
-    s: &Samples,
-    image_len: usize,
-    batch: usize,
-) -> Result<Vec<f32>, PassError> {
-    let k = model.classes();
-    let mut out = Vec::with_capacity(s.len() * k);
-    let all: Vec<usize> = (0..s.len()).collect();
-    for chunk in all.chunks(batch.max(1)) {
-        let logits = model.forward(&gather(s, chunk, image_len), chunk.len())?;
-        for row in logits.chunks(k) {
-            out.extend(softmax(row));
+/// What a method does, read once from [`Method`]: the loop below only looks
+/// at these fields.
+#[derive(Clone, Copy, Debug)]
+struct Recipe {
+    relabel: Option<Relabel>,
+    agr: bool,
+    passes: Passes,
+    /// Sign of the forget loss (-1 for gradient ascent).
+    sign: f32,
+    /// l1-sparse's initial penalty weight.
+    l1: Option<f32>,
+    /// SalUn's sparsity.
+    saliency: Option<f32>,
+}
+
+impl Recipe {
+    fn of(m: &Method) -> Recipe {
+        let base = Recipe {
+            relabel: None,
+            agr: false,
+            passes: Passes::RetainOnly,
+            sign: 1.0,
+            l1: None,
+            saliency: None,
+        };
+        match *m {
+            Method::Relabel {
+                relabel,
+                agr,
+                variant,
+            } => Recipe {
+                relabel: Some(relabel),
+                agr,
+                passes: Passes::Both(variant),
+                ..base
+            },
+            Method::Salun { sparsity, variant } => Recipe {
+                relabel: Some(Relabel::Random),
+                passes: Passes::Both(variant),
+                saliency: Some(sparsity),
+                ..base
+            },
+            Method::Ft => base,
+            Method::Ga => Recipe {
+                passes: Passes::ForgetOnly,
+                sign: -1.0,
+                ..base
+            },
+            Method::L1 { gamma } => Recipe {
+                l1: Some(gamma),
+                ..base
+            },
         }
     }
-    Ok(out)
+
+    fn uses_forget(&self) -> bool {
+        self.passes != Passes::RetainOnly
+    }
+
+    fn uses_retain(&self) -> bool {
+        self.passes != Passes::ForgetOnly
+    }
 }
 
-fn check(model: &Model, s: &Samples, what: &str, image_len: usize) -> Result<(), UnlearnError> {
-    if s.images.len() != s.len() * image_len {
-        return Err(UnlearnError::Invalid(format!(
-            "{what}: {} labels but {} image bytes ({} per image)",
-            s.len(),
-            s.images.len(),
-            image_len
-        )));
+impl Method {
+    /// Whether the method keeps a saliency mask (memory planning).
+    pub fn uses_saliency(&self) -> bool {
+        Recipe::of(self).saliency.is_some()
     }
-    if let Some(&l) = s.labels.iter().find(|&&l| l as usize >= model.classes()) {
-        return Err(UnlearnError::Invalid(format!(
-            "{what}: label {l} out of range for {} classes",
-            model.classes()
-        )));
+
+    /// Whether the method computes Similar Labels (memory planning).
+    pub fn uses_similar_labels(&self) -> bool {
+        Recipe::of(self).relabel == Some(Relabel::Similar)
     }
-    Ok(())
+
+    /// Whether the method trains on the forget set / on the retain set.
+    pub fn uses_sets(&self) -> (bool, bool) {
+        let r = Recipe::of(self);
+        (r.uses_forget(), r.uses_retain())
+    }
 }
 
-/// Runs `cfg.method` on `model`, forgetting `forget` while keeping `retain`.
-/// `progress` is called after every step and may return `false` to cancel.
+fn invalid<T>(m: impl Into<String>) -> Result<T, UnlearnError> {
+    Err(UnlearnError::Invalid(m.into()))
+}
+
+impl Config {
+    /// Rejects settings no run can use.
+    pub fn check(&self) -> Result<(), UnlearnError> {
+        if self.batch == 0 || self.epochs == 0 {
+            return invalid("batch and epochs must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return invalid(format!("learning rate {} must be finite and >= 0", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return invalid(format!("momentum {} must be in [0, 1)", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return invalid(format!(
+                "weight decay {} must be finite and >= 0",
+                self.weight_decay
+            ));
+        }
+        match self.method {
+            Method::Salun { sparsity, .. } if !(0.0..1.0).contains(&sparsity) => {
+                invalid(format!("SalUn sparsity {sparsity} must be in [0, 1)"))
+            }
+            Method::L1 { gamma } if !(gamma.is_finite() && gamma >= 0.0) => {
+                invalid(format!("l1 gamma {gamma} must be finite and >= 0"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The result of a finished run.
+#[derive(Clone, Debug)]
+pub struct Unlearned {
+    pub model: Model,
+    pub logs: Vec<EpochLog>,
+}
+
+/// Reports to the caller and turns a `false` into cancellation.
+struct Reporter<'p> {
+    progress: &'p mut dyn FnMut(Progress) -> bool,
+    at: Progress,
+}
+
+impl Reporter<'_> {
+    fn report(&mut self, phase: Phase, batch: usize, batches: usize) -> Result<(), UnlearnError> {
+        self.at.phase = phase;
+        self.at.batch = batch;
+        self.at.batches = batches;
+        if (self.progress)(self.at) {
+            Ok(())
+        } else {
+            Err(UnlearnError::Cancelled)
+        }
+    }
+}
+
+/// Runs `cfg.method` on a copy of `model`, forgetting `forget` while keeping
+/// `retain`, and returns the new model. `progress` is called after every batch
+/// of every pass and may return `false` to cancel.
 pub fn unlearn(
-    model: &mut Model,
+    model: &Model,
     forget: Samples,
     retain: Samples,
     cfg: &Config,
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<Vec<EpochLog>, UnlearnError> {
+) -> Result<Unlearned, UnlearnError> {
     let image_len = model.graph.input_shape().len();
-    check(model, &forget, "forget set", image_len)?;
-    check(model, &retain, "retain set", image_len)?;
-    if cfg.batch == 0 || cfg.epochs == 0 || !(cfg.lr.is_finite() && cfg.lr >= 0.0) {
-        return Err(UnlearnError::Invalid(
-            "batch and epochs must be at least 1 and lr finite".into(),
-        ));
+    forget.check(model, "forget set")?;
+    retain.check(model, "retain set")?;
+    cfg.check()?;
+    let recipe = Recipe::of(&cfg.method);
+    if recipe.uses_forget() && forget.is_empty() {
+        return invalid("the forget set is empty");
     }
-    let needs_forget = !matches!(cfg.method, Method::Ft | Method::L1 { .. });
-    let needs_retain = !matches!(cfg.method, Method::Ga);
-    if needs_forget && forget.is_empty() {
-        return Err(UnlearnError::Invalid("the forget set is empty".into()));
-    }
-    if needs_retain && retain.is_empty() {
-        return Err(UnlearnError::Invalid("the retain set is empty".into()));
+    if recipe.uses_retain() && retain.is_empty() {
+        return invalid("the retain set is empty");
     }
     let mut m = model.clone();
     let mut sgd = Sgd::new(&m, cfg.lr, cfg.momentum, cfg.weight_decay);
     let classes = m.classes();
     let nb = |n: usize| n.div_ceil(cfg.batch);
-    let steps_per_epoch = match &cfg.method {
-        Method::Relabel { .. } | Method::Salun { .. } => nb(forget.len()) + nb(retain.len()),
-        Method::Ft | Method::L1 { .. } => nb(retain.len()),
-        Method::Ga => nb(forget.len()),
+    let steps_per_epoch = match recipe.passes {
+        Passes::Both(_) => nb(forget.len()) + nb(retain.len()),
+        Passes::RetainOnly => nb(retain.len()),
+        Passes::ForgetOnly => nb(forget.len()),
     };
     let total = steps_per_epoch * cfg.epochs;
+    let mut rep = Reporter {
+        progress,
+        at: Progress {
+            phase: Phase::Train,
+            epoch: 0,
+            epochs: cfg.epochs,
+            step: 0,
+            steps: total,
+            batch: 0,
+            batches: 0,
+        },
+    };
     let mut step = 0usize;
     let mut logs = Vec::new();
-    let mask = match &cfg.method {
-        Method::Salun { sparsity, .. } => Some(saliency_mask(
-            &mut m, &forget, image_len, cfg.batch, *sparsity,
+    let mask = match recipe.saliency {
+        Some(sparsity) => Some(saliency_mask_reported(
+            &mut m, &forget, image_len, cfg.batch, sparsity, &mut rep,
         )?),
-        _ => None,
+        None => None,
     };
     for epoch in 0..cfg.epochs {
+        rep.at.epoch = epoch;
         let t0 = std::time::Instant::now();
         let mut rng = Rng::new(cfg.seed ^ ((epoch as u64 + 1) << 32));
         let mut log = EpochLog {
@@ -359,27 +481,21 @@ pub fn unlearn(
             ..Default::default()
         };
         // Per-sample training targets of this epoch.
-        let (relabel, agr, variant) = match &cfg.method {
-            Method::Relabel {
-                relabel,
-                agr,
-                variant,
-            } => (Some(*relabel), *agr, *variant),
-            Method::Salun { variant, .. } => (Some(Relabel::Random), false, *variant),
-            _ => (None, false, Variant::Sequential),
-        };
-        let forget_targets: Vec<u32> = match relabel {
-            Some(Relabel::Similar) => similar_labels(
-                &probabilities(&m, &forget, image_len, cfg.batch)?,
-                classes,
-                forget.labels,
-            ),
+        let forget_targets: Vec<u32> = match recipe.relabel {
+            Some(Relabel::Similar) => {
+                let batches = nb(forget.len());
+                let probs = probabilities(&m, forget.images, forget.len(), cfg.batch, &mut |b| {
+                    rep.report(Phase::SimilarLabels, b, batches).is_ok()
+                })?
+                .ok_or(UnlearnError::Cancelled)?;
+                similar_labels(&probs, classes, forget.labels)
+            }
             Some(Relabel::Random) => (0..forget.len())
                 .map(|_| rng.below(classes) as u32)
                 .collect(),
             None => forget.labels.to_vec(),
         };
-        if agr {
+        if recipe.agr {
             let (gf, gr, nr) = agr_norms(
                 &mut m,
                 &forget,
@@ -388,6 +504,7 @@ pub fn unlearn(
                 image_len,
                 cfg.batch,
                 &mut rng,
+                &mut rep,
             )?;
             let (wf, wr) = agr_weights(gf, gr);
             log.g_forget = Some(gf);
@@ -396,10 +513,11 @@ pub fn unlearn(
             log.w_forget = wf;
             log.w_retain = wr;
         }
-        // (side, index) pairs in training order: 0 = forget, 1 = retain.
+        // (side, index) pairs in training order: 0 = forget, 1 = retain,
+        // 2 = the batch boundary between the two passes of the sequential variant.
         let mut order: Vec<(u8, usize)> = Vec::new();
-        match &cfg.method {
-            Method::Relabel { .. } | Method::Salun { .. } => {
+        match recipe.passes {
+            Passes::Both(variant) => {
                 let mut f: Vec<(u8, usize)> = (0..forget.len()).map(|i| (0, i)).collect();
                 let mut r: Vec<(u8, usize)> = (0..retain.len()).map(|i| (1, i)).collect();
                 if variant == Variant::Mixed {
@@ -410,25 +528,24 @@ pub fn unlearn(
                     rng.shuffle(&mut f);
                     rng.shuffle(&mut r);
                     order.append(&mut f);
-                    order.push((2, 0)); // batch boundary between the two passes
+                    order.push((2, 0));
                     order.append(&mut r);
                 }
             }
-            Method::Ga => {
+            Passes::ForgetOnly => {
                 order = (0..forget.len()).map(|i| (0, i)).collect();
                 rng.shuffle(&mut order);
             }
-            Method::Ft | Method::L1 { .. } => {
+            Passes::RetainOnly => {
                 order = (0..retain.len()).map(|i| (1, i)).collect();
                 rng.shuffle(&mut order);
             }
         }
-        let sign = if cfg.method == Method::Ga { -1.0 } else { 1.0 };
-        let l1_gamma = match cfg.method {
-            Method::L1 { gamma } => gamma * (1.0 - epoch as f32 / cfg.epochs as f32),
-            _ => 0.0,
-        };
+        let l1_gamma = recipe
+            .l1
+            .map_or(0.0, |g| g * (1.0 - epoch as f32 / cfg.epochs as f32));
         let (mut lf, mut nf, mut lr_sum, mut nr) = (0.0f64, 0usize, 0.0f64, 0usize);
+        let mut batch_in_epoch = 0;
         for seg in order.split(|&(s, _)| s == 2) {
             for chunk in seg.chunks(cfg.batch) {
                 let mut images = Vec::with_capacity(chunk.len() * image_len);
@@ -439,7 +556,7 @@ pub fn unlearn(
                         images
                             .extend_from_slice(&forget.images[i * image_len..(i + 1) * image_len]);
                         labels.push(forget_targets[i]);
-                        weights.push(sign * log.w_forget);
+                        weights.push(recipe.sign * log.w_forget);
                     } else {
                         images
                             .extend_from_slice(&retain.images[i * image_len..(i + 1) * image_len]);
@@ -481,23 +598,28 @@ pub fn unlearn(
                     nr += chunk.len();
                 }
                 step += 1;
-                if !progress(Progress {
-                    epoch,
-                    epochs: cfg.epochs,
-                    step,
-                    steps: total,
-                }) {
-                    return Err(UnlearnError::Cancelled);
-                }
+                batch_in_epoch += 1;
+                rep.at.step = step;
+                rep.report(Phase::Train, batch_in_epoch, steps_per_epoch)?;
             }
+        }
+        if let Some(t) = m
+            .params
+            .iter()
+            .find(|t| t.data.iter().any(|v| !v.is_finite()))
+        {
+            return Err(UnlearnError::Diverged(format!(
+                "epoch {}: {} is no longer finite",
+                epoch + 1,
+                t.name
+            )));
         }
         log.loss_forget = (nf > 0).then(|| lf / nf as f64);
         log.loss_retain = (nr > 0).then(|| lr_sum / nr as f64);
         log.seconds = t0.elapsed().as_secs_f64();
         logs.push(log);
     }
-    *model = m;
-    Ok(logs)
+    Ok(Unlearned { model: m, logs })
 }
 
 /// G_f and G_r of AGR: the mean over batches of the sum of per-tensor gradient
@@ -512,11 +634,16 @@ fn agr_norms(
     image_len: usize,
     batch: usize,
     rng: &mut Rng,
+    rep: &mut Reporter,
 ) -> Result<(f64, f64, usize), UnlearnError> {
-    let mean_norm = |m: &mut Model,
-                     s: &Samples,
-                     t: &[u32],
-                     idx: &[usize]|
+    let fb = forget.len().div_ceil(batch);
+    let batches = fb + fb.min(retain.len().div_ceil(batch));
+    let mut done = 0;
+    let mut mean_norm = |m: &mut Model,
+                         s: &Samples,
+                         t: &[u32],
+                         idx: &[usize],
+                         rep: &mut Reporter|
      -> Result<(f64, usize), UnlearnError> {
         let mut sum = 0.0;
         let mut count = 0;
@@ -524,7 +651,7 @@ fn agr_norms(
             let labels: Vec<u32> = chunk.iter().map(|&i| t[i]).collect();
             let w = vec![1.0f32; chunk.len()];
             let p = m.train_pass(
-                &gather(s, chunk, image_len),
+                &s.gather(chunk, image_len),
                 chunk.len(),
                 Targets {
                     labels: &labels,
@@ -534,15 +661,17 @@ fn agr_norms(
             )?;
             sum += grad_norm_sum(&p.grads);
             count += 1;
+            done += 1;
+            rep.report(Phase::GradientNorms, done, batches)?;
         }
         Ok((sum / count.max(1) as f64, count))
     };
     let fidx: Vec<usize> = (0..forget.len()).collect();
-    let (gf, fb) = mean_norm(m, forget, targets, &fidx)?;
+    let (gf, fb) = mean_norm(m, forget, targets, &fidx, rep)?;
     let mut ridx: Vec<usize> = (0..retain.len()).collect();
     rng.shuffle(&mut ridx);
     ridx.truncate((fb * batch).min(retain.len()));
-    let (gr, rb) = mean_norm(m, retain, retain.labels, &ridx)?;
+    let (gr, rb) = mean_norm(m, retain, retain.labels, &ridx, rep)?;
     Ok((gf, gr, rb))
 }
 
@@ -556,18 +685,42 @@ pub fn saliency_mask(
     batch: usize,
     sparsity: f32,
 ) -> Result<Vec<Vec<f32>>, UnlearnError> {
+    let mut ignore = |_| true;
+    let mut rep = Reporter {
+        progress: &mut ignore,
+        at: Progress {
+            phase: Phase::Saliency,
+            epoch: 0,
+            epochs: 0,
+            step: 0,
+            steps: 0,
+            batch: 0,
+            batches: 0,
+        },
+    };
+    saliency_mask_reported(m, forget, image_len, batch, sparsity, &mut rep)
+}
+
+fn saliency_mask_reported(
+    m: &mut Model,
+    forget: &Samples,
+    image_len: usize,
+    batch: usize,
+    sparsity: f32,
+    rep: &mut Reporter,
+) -> Result<Vec<Vec<f32>>, UnlearnError> {
     if !(0.0..1.0).contains(&sparsity) {
-        return Err(UnlearnError::Invalid(format!(
-            "SalUn sparsity {sparsity} must be in [0, 1)"
-        )));
+        return invalid(format!("SalUn sparsity {sparsity} must be in [0, 1)"));
     }
+    let batch = batch.max(1);
     let mut acc: Vec<Vec<f32>> = m.params.iter().map(|t| vec![0.0; t.data.len()]).collect();
     let idx: Vec<usize> = (0..forget.len()).collect();
-    for chunk in idx.chunks(batch) {
+    let batches = forget.len().div_ceil(batch);
+    for (b, chunk) in idx.chunks(batch).enumerate() {
         let labels: Vec<u32> = chunk.iter().map(|&i| forget.labels[i]).collect();
         let w = vec![-1.0f32; chunk.len()];
         let p = m.eval_mode_pass(
-            &gather(forget, chunk, image_len),
+            &forget.gather(chunk, image_len),
             chunk.len(),
             Targets {
                 labels: &labels,
@@ -577,10 +730,11 @@ pub fn saliency_mask(
         for (a, g) in acc.iter_mut().zip(&p.grads) {
             a.iter_mut().zip(g).for_each(|(a, g)| *a += g);
         }
+        rep.report(Phase::Saliency, b + 1, batches)?;
     }
     let mut mags: Vec<f32> = acc.iter().flatten().map(|v| v.abs()).collect();
     let keep = ((1.0 - sparsity as f64) * mags.len() as f64).round() as usize;
-    if keep == 0 {
+    if keep == 0 || mags.is_empty() {
         return Ok(acc.iter().map(|a| vec![0.0; a.len()]).collect());
     }
     let k = mags.len() - keep;

@@ -126,7 +126,7 @@ fn similar_labels_pick_the_nearest_probability_class() {
 fn agr_gives_the_larger_side_the_smaller_weight() {
     assert_eq!(agr_weights(3.0, 1.0), (0.25, 0.75));
     assert_eq!(agr_weights(0.0, 0.0), (0.5, 0.5));
-    let (mut m, images, labels) = trained();
+    let (m, images, labels) = trained();
     let cfg = Config {
         epochs: 2,
         lr: 0.01,
@@ -135,7 +135,7 @@ fn agr_gives_the_larger_side_the_smaller_weight() {
     };
     let (f, r) = (40, 240);
     let logs = unlearn::unlearn(
-        &mut m,
+        &m,
         Samples {
             images: &images[..f * 64],
             labels: &labels[..f],
@@ -147,7 +147,8 @@ fn agr_gives_the_larger_side_the_smaller_weight() {
         &cfg,
         &mut |_| true,
     )
-    .unwrap();
+    .unwrap()
+    .logs;
     for l in &logs {
         let (gf, gr) = (l.g_forget.unwrap(), l.g_retain.unwrap());
         assert!(gf > 0.0 && gr > 0.0);
@@ -181,7 +182,6 @@ fn salun_moves_only_salient_parameters() {
         (kept as f64 - total as f64 / 2.0).abs() <= 1.0 + total as f64 * 0.01,
         "{kept} of {total}"
     );
-    let mut after = m.clone();
     let cfg = Config {
         epochs: 1,
         batch: 32,
@@ -190,7 +190,9 @@ fn salun_moves_only_salient_parameters() {
             variant: Variant::Sequential,
         })
     };
-    unlearn::unlearn(&mut after, forget, retain, &cfg, &mut |_| true).unwrap();
+    let after = unlearn::unlearn(&m, forget, retain, &cfg, &mut |_| true)
+        .unwrap()
+        .model;
     let mut moved = 0;
     for ((a, b), mk) in m.params.iter().zip(&after.params).zip(&mask) {
         for ((x, y), k) in a.data.iter().zip(&b.data).zip(mk) {
@@ -211,7 +213,6 @@ fn gradient_ascent_raises_the_forget_loss() {
     let (m, images, labels) = trained();
     let (fi, fl) = (&images[..40 * 64], &labels[..40]);
     let before = mean_ce(&m, fi, fl);
-    let mut after = m.clone();
     let cfg = Config {
         epochs: 5,
         lr: 0.1,
@@ -222,8 +223,8 @@ fn gradient_ascent_raises_the_forget_loss() {
         images: &[],
         labels: &[],
     };
-    unlearn::unlearn(
-        &mut after,
+    let after = unlearn::unlearn(
+        &m,
         Samples {
             images: fi,
             labels: fl,
@@ -232,7 +233,8 @@ fn gradient_ascent_raises_the_forget_loss() {
         &cfg,
         &mut |_| true,
     )
-    .unwrap();
+    .unwrap()
+    .model;
     let now = mean_ce(&after, fi, fl);
     assert!(now > 1.5 * before, "forget loss {before:.3} -> {now:.3}");
 }
@@ -257,9 +259,9 @@ fn random_labels_forget_and_cancellation_loses_nothing() {
             variant: Variant::Mixed,
         })
     };
-    let mut c = m.clone();
+    let c = m.clone();
     let mut calls = 0;
-    let r = unlearn::unlearn(&mut c, forget, retain, &cfg, &mut |_| {
+    let r = unlearn::unlearn(&c, forget, retain, &cfg, &mut |_| {
         calls += 1;
         calls < 3
     });
@@ -273,7 +275,7 @@ fn random_labels_forget_and_cancellation_loses_nothing() {
         labels: &[9],
     };
     assert!(matches!(
-        unlearn::unlearn(&mut c, bad, retain, &cfg, &mut |_| true),
+        unlearn::unlearn(&c, bad, retain, &cfg, &mut |_| true),
         Err(UnlearnError::Invalid(_))
     ));
     let empty = Samples {
@@ -281,7 +283,104 @@ fn random_labels_forget_and_cancellation_loses_nothing() {
         labels: &[],
     };
     assert!(matches!(
-        unlearn::unlearn(&mut c, empty, retain, &cfg, &mut |_| true),
+        unlearn::unlearn(&c, empty, retain, &cfg, &mut |_| true),
         Err(UnlearnError::Invalid(_))
     ));
+}
+
+#[test]
+fn cancellation_is_honoured_inside_every_pre_pass() {
+    use qmul_runtime::unlearn::Phase;
+    let (m, images, labels) = trained();
+    let forget = Samples {
+        images: &images[..40 * 64],
+        labels: &labels[..40],
+    };
+    let retain = Samples {
+        images: &images[40 * 64..],
+        labels: &labels[40..],
+    };
+    let salun = Method::Salun {
+        sparsity: 0.5,
+        variant: Variant::Sequential,
+    };
+    for (method, phase) in [
+        (Method::qmul(4), Phase::SimilarLabels),
+        (Method::qmul(4), Phase::GradientNorms),
+        (salun, Phase::Saliency),
+    ] {
+        let cfg = Config {
+            epochs: 1,
+            batch: 8,
+            ..Config::new(method)
+        };
+        let mut seen = 0;
+        let mut trained_steps = 0;
+        let r = unlearn::unlearn(&m, forget, retain, &cfg, &mut |p| {
+            if p.phase == Phase::Train {
+                trained_steps += 1;
+            }
+            if p.phase == phase {
+                seen += 1;
+                // Stop after the first batch of the pre-pass.
+                return false;
+            }
+            true
+        });
+        assert!(matches!(r, Err(UnlearnError::Cancelled)), "{phase:?}");
+        assert_eq!(seen, 1, "{phase:?}: cancelled after one batch");
+        assert_eq!(trained_steps, 0, "{phase:?}: no training step ran");
+    }
+}
+
+#[test]
+fn diverging_settings_are_errors_not_models() {
+    let (m, images, labels) = trained();
+    let forget = Samples {
+        images: &images[..40 * 64],
+        labels: &labels[..40],
+    };
+    let retain = Samples {
+        images: &images[40 * 64..],
+        labels: &labels[40..],
+    };
+    for lr in [f32::NAN, f32::INFINITY, -1.0] {
+        let cfg = Config {
+            lr,
+            ..Config::new(Method::Ft)
+        };
+        assert!(matches!(
+            unlearn::unlearn(&m, forget, retain, &cfg, &mut |_| true),
+            Err(UnlearnError::Invalid(_))
+        ));
+    }
+    let cfg = Config {
+        epochs: 1,
+        lr: 1e30,
+        batch: 32,
+        ..Config::new(Method::Ft)
+    };
+    assert!(matches!(
+        unlearn::unlearn(&m, forget, retain, &cfg, &mut |_| true),
+        Err(UnlearnError::Diverged(_))
+    ));
+    // Whatever a huge penalty does, the run either reports divergence or
+    // yields a model that saves and loads back: never an unloadable file.
+    for gamma in [1e30f32, 1e35, f32::MAX / 4.0] {
+        let cfg = Config {
+            epochs: 2,
+            batch: 32,
+            ..Config::new(Method::L1 { gamma })
+        };
+        match unlearn::unlearn(&m, forget, retain, &cfg, &mut |_| true) {
+            Err(UnlearnError::Diverged(_)) => {}
+            Ok(u) => match qmul_runtime::model_file::to_bytes(&u.model) {
+                Ok(b) => {
+                    qmul_runtime::model_file::from_bytes(&b).unwrap();
+                }
+                Err(e) => assert!(e.to_string().contains("diverged"), "{e}"),
+            },
+            Err(e) => panic!("gamma {gamma}: {e}"),
+        }
+    }
 }

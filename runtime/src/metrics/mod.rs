@@ -4,6 +4,9 @@
 
 pub mod svm;
 
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::samples::{argmax_rows, probabilities, Samples};
 use svm::{Svc, SvcParams, SvmError};
 
 /// The four numbers of one model, in percent.
@@ -75,6 +78,84 @@ pub fn mia_efficacy(
     )?;
     let non_members = forget_conf.iter().filter(|&&v| !svc.predict(&[v])).count();
     Ok(100.0 * non_members as f64 / forget_conf.len() as f64)
+}
+
+/// FA and MIA-efficacy on the forget set, in percent (MIA needs retain and
+/// test data: its members and non-members).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Forgetting {
+    pub fa: f64,
+    pub mia: Option<f64>,
+}
+
+/// Accuracy (percent) and confidence features of `model` on a set.
+fn accuracy_and_confidence(model: &Model, s: Samples, batch: usize) -> Result<(f64, Vec<f64>)> {
+    let k = model.classes();
+    let p = probabilities(model, s.images, s.len(), batch, &mut |_| true)?
+        .ok_or_else(|| Error::internal("probabilities stopped without a cancel"))?;
+    let acc = accuracy(&argmax_rows(&p, k), s.labels);
+    Ok((acc, confidence(&p, k, s.labels)))
+}
+
+fn nonempty(s: &Samples, what: &str) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(format!("the {what} set is empty")));
+    }
+    Ok(())
+}
+
+/// FA, RA, TA and MIA-efficacy of `model`, in percent, exactly as in
+/// `reference/qmul-method.md`: the attack's members are the first len(test)
+/// retain samples, its non-members the test set.
+pub fn scores(
+    model: &Model,
+    forget: Samples,
+    retain: Samples,
+    test: Samples,
+    batch: usize,
+) -> Result<Scores> {
+    for (s, what) in [(&forget, "forget"), (&retain, "retain"), (&test, "test")] {
+        nonempty(s, what)?;
+        s.check(model, what)?;
+    }
+    let (fa, f_conf) = accuracy_and_confidence(model, forget, batch)?;
+    let (ra, r_conf) = accuracy_and_confidence(model, retain, batch)?;
+    let (ta, t_conf) = accuracy_and_confidence(model, test, batch)?;
+    let members = &r_conf[..t_conf.len().min(r_conf.len())];
+    let mia = mia_efficacy(members, &t_conf, &f_conf)?;
+    Ok(Scores { fa, ra, ta, mia })
+}
+
+/// FA and, when retain and test sets are given, MIA-efficacy on the forget
+/// set: what a deletion receipt records. Only the attack's members (the first
+/// len(test) retain samples) are evaluated, not the whole retain set.
+pub fn forgetting(
+    model: &Model,
+    forget: Samples,
+    retain: Option<Samples>,
+    test: Option<Samples>,
+    batch: usize,
+) -> Result<Forgetting> {
+    nonempty(&forget, "forget")?;
+    forget.check(model, "forget set")?;
+    let (fa, f_conf) = accuracy_and_confidence(model, forget, batch)?;
+    let mia = match (retain, test) {
+        (Some(r), Some(t)) if !r.is_empty() && !t.is_empty() => {
+            r.check(model, "retain set")?;
+            t.check(model, "test set")?;
+            let m = t.len().min(r.len());
+            let il = model.graph.input_shape().len();
+            let members = Samples {
+                images: &r.images[..m * il],
+                labels: &r.labels[..m],
+            };
+            let (_, m_conf) = accuracy_and_confidence(model, members, batch)?;
+            let (_, t_conf) = accuracy_and_confidence(model, t, batch)?;
+            Some(mia_efficacy(&m_conf, &t_conf, &f_conf)?)
+        }
+        _ => None,
+    };
+    Ok(Forgetting { fa, mia })
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
 //! `qmul demo`: the main job on what the repository ships. The pretrained 4-bit
 //! model forgets a random 10% of the training subset and, separately, one whole
-//! class; each run prints FA, RA, TA and MIA before and after, the time taken,
-//! and writes the new model and a deletion receipt.
+//! class; each run prints FA, RA, TA and MIA before and after, the time taken
+//! and the memory planned and used, commits the new model and appends a
+//! deletion receipt through the same session code as the C ABI, then prints
+//! and verifies the receipts.
 
-use super::unlearn::{append_receipt, print_table, receipt, run, UnlearnArgs};
+use super::unlearn::{commit, print_memory, print_table, run, UnlearnArgs};
 use super::DataArgs;
 use crate::forget::ForgetSpec;
 use crate::forgetting;
 use clap::Args;
-use qmul_runtime::model_file;
+use qmul_runtime::session::receipt::{self, Receipt};
+use qmul_runtime::session::OpenModel;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -51,19 +54,20 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
         .as_ref()
         .map_or_else(|| SHIPPED_MODEL.to_string(), |p| p.display().to_string());
     let model =
-        model_file::load(&model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+        OpenModel::open(&model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
     let data = DataArgs {
         data: "subset".into(),
         train_subset: None,
     };
     let (tr, te) = data.load()?;
-    super::check_compatible(&model, &te)?;
+    super::check_compatible(model.model(), &te)?;
     std::fs::create_dir_all(&a.out_dir).map_err(|e| format!("{}: {e}", a.out_dir.display()))?;
     let receipts = a.out_dir.join("receipts.jsonl");
+    let info = model.info();
     println!(
         "qmul demo: {} ({} on the shipped Fashion-MNIST subset: {} train / {} test images), kernels {}",
         shown,
-        model.info.get("arch").map(String::as_str).unwrap_or("model"),
+        info.arch,
         tr.len(),
         te.len(),
         qmul_kernels::active().name
@@ -85,7 +89,6 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
             "\n== forget {title} ({spec}: {} images) with Q-MUL ==",
             split.forget.len()
         );
-        let before = forgetting::scores(&model, &tr, &te, &split)?;
         let out_path = a.out_dir.join(file);
         let args = UnlearnArgs {
             model: model_path.clone(),
@@ -99,24 +102,64 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
             variant: None,
             sparsity: 0.5,
             l1_gamma: 5e-4,
+            budget_mib: None,
             out: out_path.clone(),
             receipt: Some(receipts.clone()),
         };
-        let o = run(&model, &tr, &te, &split, &args, before)?;
-        model_file::save(&o.model, &out_path).map_err(|e| e.to_string())?;
+        let mut o = run(model.clone(), &tr, &te, &split, &args, None)?;
         print_table(&o.before, &o.after);
+        print_memory(&o.memory);
+        let c = commit(&mut o, &out_path, Some(&receipts), &spec)?;
         println!(
-            "unlearning took {:.1}s; new model {}",
+            "unlearning took {:.1}s; committed {}",
             o.seconds,
-            out_path.display()
+            c.path.display()
         );
-        let v = receipt(&tr, &split, &spec, "qmul", &o, &model_path, &out_path)?;
-        append_receipt(&receipts, &v)?;
+        if let Some(r) = &c.receipt {
+            print_receipt(r);
+        }
+    }
+    let log = receipt::read_log(&receipts).map_err(|e| e.to_string())?;
+    if !log.is_valid() {
+        return Err(format!(
+            "{}: the receipt log does not verify: {}",
+            receipts.display(),
+            log.problems.join("; ")
+        ));
     }
     println!(
-        "\nreceipts appended to {}; total {:.1}s",
+        "\nreceipt log {}: {} records, checksums and chain verified{}; total {:.1}s",
         receipts.display(),
+        log.records.len(),
+        if log.torn_tail > 0 {
+            " (a torn last record was ignored)"
+        } else {
+            ""
+        },
         t_all.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The receipt's main fields, as a user would want to see them.
+pub fn print_receipt(r: &Receipt) {
+    let mia = |m: Option<f64>| m.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
+    println!(
+        "receipt {}: forgot {} samples (sha256 {}...), method {}, FA {:.2} -> {:.2}, MIA {} -> {}",
+        r.seq,
+        r.forget_count,
+        &r.forget_sha256[..16.min(r.forget_sha256.len())],
+        r.method,
+        r.before.fa,
+        r.after.fa,
+        mia(r.before.mia),
+        mia(r.after.mia)
+    );
+    println!(
+        "  model {}... -> {}..., checksum {}..., follows {}...",
+        &r.model_before_sha256[..12.min(r.model_before_sha256.len())],
+        &r.model_after_sha256[..12.min(r.model_after_sha256.len())],
+        &r.checksum[..12.min(r.checksum.len())],
+        &r.prev[..12.min(r.prev.len())]
+    );
 }

@@ -15,6 +15,7 @@ use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::metrics::avg_gap;
+use qmul_runtime::session::OpenModel;
 use qmul_runtime::unlearn::Config;
 use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
@@ -431,9 +432,11 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         variant: None,
         sparsity: 0.5,
         l1_gamma: 5e-4,
+        budget_mib: None,
         out: PathBuf::new(),
         receipt: None,
     };
+    let original_open = OpenModel::from_model(original.clone()).map_err(|e| e.to_string())?;
     if let Some(grid) = &grid {
         let vf = validation_forget(&spec, &tr, &split);
         let vsplit = forgetting::Split {
@@ -463,12 +466,12 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     continue;
                 }
                 let o = run(
-                    &original,
+                    original_open.clone(),
                     &tr,
                     &te,
                     &vsplit,
                     &unlearn_args(m, Some(epochs), Some(lr), 0, "validation"),
-                    vbefore,
+                    Some(vbefore),
                 )?;
                 let g = avg_gap(&o.after, &vrt);
                 eprintln!(
@@ -525,12 +528,12 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 continue;
             }
             let o = run(
-                &original,
+                original_open.clone(),
                 &tr,
                 &te,
                 &split,
                 &unlearn_args(m, epochs, lr, seed, &a.forget),
-                before,
+                Some(before),
             )?;
             let g = avg_gap(&o.after, &rt);
             eprintln!(

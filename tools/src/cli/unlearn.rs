@@ -1,5 +1,6 @@
-//! `qmul unlearn`: make a model forget a set of training samples, save the result
-//! and append a deletion receipt.
+//! `qmul unlearn`: make a model forget a set of training samples, commit the
+//! result and append a deletion receipt, through the runtime's session (the
+//! same open -> sets -> unlearn -> verify -> commit -> receipt path as the C ABI).
 
 use super::{check_compatible, DataArgs};
 use crate::forget::ForgetSpec;
@@ -8,10 +9,14 @@ use crate::progress::Progress;
 use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_runtime::metrics::Scores;
-use qmul_runtime::unlearn::{self, Config, Method, Relabel, Samples, Variant};
-use qmul_runtime::{model_file, InitOptions, Model};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use qmul_runtime::session::{
+    CommitReport, CommitTarget, MemoryReport, OpenModel, Session, UnlearnParams, UnlearnReport,
+    Which,
+};
+use qmul_runtime::unlearn::{self, Config, Method, Relabel, Variant};
+use qmul_runtime::{InitOptions, Model};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Args, Debug, Clone)]
@@ -32,6 +37,7 @@ pub struct UnlearnArgs {
     /// Learning rate (default: the method's reference default).
     #[arg(long)]
     pub lr: Option<f32>,
+    /// Batch size; 0 picks the largest (up to 256) that fits --budget.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
@@ -45,9 +51,13 @@ pub struct UnlearnArgs {
     /// l1-sparse: initial penalty weight.
     #[arg(long, default_value_t = 5e-4)]
     pub l1_gamma: f32,
+    /// Memory budget of the session in MiB (default: unlimited).
+    #[arg(long)]
+    pub budget_mib: Option<u64>,
+    /// Where the new model goes (may be --model itself: replaced crash-safely).
     #[arg(long)]
     pub out: PathBuf,
-    /// Append a JSON deletion receipt to this file.
+    /// Append the deletion receipt to this log (verified first).
     #[arg(long)]
     pub receipt: Option<PathBuf>,
 }
@@ -89,57 +99,93 @@ pub fn parse_method(
     }))
 }
 
-/// Result of one unlearning run.
+/// Result of one unlearning run, still uncommitted in its session.
 pub struct Outcome {
-    pub model: Model,
+    pub session: Session,
     pub before: Scores,
     pub after: Scores,
     pub seconds: f64,
     pub logs: Vec<unlearn::EpochLog>,
     pub config: serde_json::Value,
+    pub memory: MemoryReport,
 }
 
-/// Runs a method on `model` for `split` (no files written).
+impl Outcome {
+    /// The unlearned model.
+    pub fn model(&self) -> &Model {
+        self.session
+            .unlearned()
+            .map(|(m, _)| m)
+            .unwrap_or_else(|| self.session.model().model())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A session on `model` holding the split's forget, retain and test sets.
+pub fn session_for(
+    model: Arc<OpenModel>,
+    tr: &crate::data::Dataset,
+    te: &crate::data::Dataset,
+    split: &Split,
+    budget: u64,
+) -> Result<Session, String> {
+    let s = |e: qmul_runtime::error::Error| e.to_string();
+    let mut session = Session::new(model, budget).map_err(s)?;
+    session.set_forget_indices(tr, &split.forget).map_err(s)?;
+    session
+        .set_retain_indices(tr, Some(&split.retain))
+        .map_err(s)?;
+    session.set_test_indices(te, Some(&split.test)).map_err(s)?;
+    Ok(session)
+}
+
+/// Runs a method on `model` for `split` (no files written): the result waits
+/// in the returned session for a commit. `before` are the model's scores on
+/// the split when the caller has them already (else they are evaluated).
 pub fn run(
-    model: &Model,
+    model: Arc<OpenModel>,
     tr: &crate::data::Dataset,
     te: &crate::data::Dataset,
     split: &Split,
     a: &UnlearnArgs,
-    before: Scores,
+    before: Option<Scores>,
 ) -> Result<Outcome, String> {
+    let s = |e: qmul_runtime::error::Error| e.to_string();
+    let budget = a.budget_mib.map_or(u64::MAX, |m| m.saturating_mul(1 << 20));
+    let classes = model.model().classes();
     let method = parse_method(
         &a.method,
-        model.classes(),
+        classes,
         a.variant.as_deref(),
         a.sparsity,
         a.l1_gamma,
     )?;
+    let mut session = session_for(model.clone(), tr, te, split, budget)?;
+    let before = match before {
+        Some(b) => b,
+        None => session.evaluate(Which::Current).map_err(s)?.0,
+    };
     let t0 = Instant::now();
-    let (m, logs, config) = match method {
+    match method {
         Some(method) => {
-            let mut cfg = Config::new(method);
-            cfg.epochs = a.epochs.unwrap_or(cfg.epochs);
-            cfg.lr = a.lr.unwrap_or(cfg.lr);
-            cfg.batch = a.batch;
-            cfg.seed = a.seed;
-            let (fi, fl) = forgetting::samples(tr, &split.forget);
-            let (ri, rl) = forgetting::samples(tr, &split.retain);
-            let mut m = model.clone();
+            let mut p = UnlearnParams::new(method);
+            p.epochs = a.epochs.unwrap_or(p.epochs);
+            p.lr = a.lr.unwrap_or(p.lr);
+            p.batch = a.batch;
+            p.seed = a.seed;
             let mut bar = Progress::new(0, &format!("unlearn {}", a.method));
             let mut last = 0u64;
-            let logs = unlearn::unlearn(
-                &mut m,
-                Samples {
-                    images: &fi,
-                    labels: &fl,
-                },
-                Samples {
-                    images: &ri,
-                    labels: &rl,
-                },
-                &cfg,
-                &mut |p| {
+            session
+                .unlearn(&p, &mut |p| {
+                    if p.phase != unlearn::Phase::Train {
+                        return true;
+                    }
                     if last == 0 {
                         bar = Progress::new(p.steps as u64, &format!("unlearn {}", a.method))
                             .unit("steps");
@@ -150,16 +196,15 @@ pub fn run(
                     );
                     last = p.step as u64;
                     true
-                },
-            )
-            .map_err(|e| e.to_string())?;
+                })
+                .map_err(s)?;
             bar.finish();
-            (m, logs, serde_json::to_value(&cfg).unwrap_or_default())
         }
         None => {
             let retain = tr.subset(&split.retain);
+            let base = model.model();
             let mut m = Model::new(
-                model.graph.clone(),
+                base.graph.clone(),
                 InitOptions {
                     seed: a.seed,
                     ..Default::default()
@@ -176,63 +221,50 @@ pub fn run(
                 seed: a.seed,
                 augment: Some(crate::data::Augment::for_size(h, w)),
             };
+            let started_unix = now_unix();
             train::train(&mut m, &retain, None, &tcfg, 0, None, |r| {
                 eprintln!(
                     "retrain epoch {} loss {:.4} train acc {:.2}%",
                     r.epoch, r.loss, r.train_acc
                 )
             })?;
-            m.info = model.info.clone();
-            let config = serde_json::json!({ "method": "retrain", "epochs": tcfg.epochs, "lr": tcfg.lr, "batch": tcfg.batch, "seed": a.seed });
-            (m, Vec::new(), config)
+            m.info = base.info.clone();
+            let mut cfg = Config::new(Method::Ft);
+            cfg.epochs = tcfg.epochs;
+            cfg.lr = tcfg.lr;
+            cfg.batch = tcfg.batch;
+            cfg.seed = a.seed;
+            let report = UnlearnReport {
+                method: "retrain".into(),
+                config: cfg,
+                logs: Vec::new(),
+                seconds: t0.elapsed().as_secs_f64(),
+                memory: MemoryReport::default(),
+                started_unix,
+            };
+            session.adopt(m, report).map_err(s)?;
         }
-    };
+    }
     let seconds = t0.elapsed().as_secs_f64();
-    let after = forgetting::scores(&m, tr, te, split)?;
+    let (after, _) = session.evaluate(Which::Unlearned).map_err(s)?;
+    let (_, report) = session
+        .unlearned()
+        .ok_or("the session holds no unlearned model")?;
+    let config = if report.method == "retrain" {
+        serde_json::json!({ "method": "retrain", "epochs": report.config.epochs, "lr": report.config.lr, "batch": report.config.batch, "seed": a.seed })
+    } else {
+        serde_json::to_value(&report.config).unwrap_or_default()
+    };
+    let (logs, memory) = (report.logs.clone(), report.memory);
     Ok(Outcome {
-        model: m,
+        session,
         before,
         after,
         seconds,
         logs,
         config,
+        memory,
     })
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The deletion receipt of one run: what was forgotten (count and a hash of the
-/// samples, never the samples), how, the forgetting metrics before and after,
-/// and the hashes of the model files before and after.
-pub fn receipt(
-    tr: &crate::data::Dataset,
-    split: &Split,
-    spec: &str,
-    method: &str,
-    o: &Outcome,
-    model_before: &Path,
-    model_after: &Path,
-) -> Result<serde_json::Value, String> {
-    Ok(serde_json::json!({
-        "kind": "qmul-deletion-receipt",
-        "version": 1,
-        "forget_spec": spec,
-        "forget_count": split.forget.len(),
-        "forget_sha256": forgetting::forget_set_hash(tr, &split.forget),
-        "method": method,
-        "params": o.config,
-        "before": { "fa": o.before.fa, "mia": o.before.mia },
-        "after": { "fa": o.after.fa, "mia": o.after.mia },
-        "model_before_sha256": forgetting::file_hash(model_before)?,
-        "model_after_sha256": forgetting::file_hash(model_after)?,
-        "finished_unix": now_unix(),
-        "unlearn_seconds": o.seconds,
-    }))
 }
 
 /// Prints the before/after metrics as a small table.
@@ -248,23 +280,42 @@ pub fn print_table(b: &Scores, f: &Scores) {
     );
 }
 
-/// Appends one JSON line to the receipt file and flushes it to disk.
-pub fn append_receipt(path: &Path, v: &serde_json::Value) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    writeln!(f, "{v}")
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// One line on the session's planned and measured memory.
+pub fn print_memory(m: &MemoryReport) {
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let measured = m
+        .measured
+        .map_or_else(|| "not measured".into(), |b| format!("{:.1} MiB", mib(b)));
+    println!(
+        "memory: {:.1} MiB held, unlearning planned {:.1} MiB more, measured {measured}",
+        mib(m.resident),
+        mib(m.planned)
+    );
+}
+
+/// Commits an outcome's model to `out` (with a receipt when `receipts` is set)
+/// and prints what was written.
+pub fn commit(
+    o: &mut Outcome,
+    out: &std::path::Path,
+    receipts: Option<&std::path::Path>,
+    request: &str,
+) -> Result<CommitReport, String> {
+    let c = o
+        .session
+        .commit(&CommitTarget {
+            model_path: Some(out),
+            receipts,
+            request: Some(request),
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(c)
 }
 
 pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
-    let started = now_unix();
-    let model = model_file::load(&a.model).map_err(|e| e.to_string())?;
+    let model = OpenModel::open(&a.model).map_err(|e| e.to_string())?;
     let (tr, te) = a.data.load()?;
-    check_compatible(&model, &te)?;
+    check_compatible(model.model(), &te)?;
     let split = forgetting::split(&ForgetSpec::parse(&a.forget)?, &tr, &te)?;
     eprintln!(
         "forgetting {} of {} training images ({}), method {}",
@@ -273,9 +324,14 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
         a.forget,
         a.method
     );
-    let before = forgetting::scores(&model, &tr, &te, &split)?;
-    let out = run(&model, &tr, &te, &split, &a, before)?;
-    model_file::save(&out.model, &a.out).map_err(|e| e.to_string())?;
+    // Receipts and paths are checked before any work, so nothing runs for a
+    // commit that cannot happen.
+    if let Some(r) = &a.receipt {
+        qmul_runtime::session::check_receipt_path(r, &[&a.out, &a.model])
+            .map_err(|e| e.to_string())?;
+        qmul_runtime::session::receipt::preflight(r).map_err(|e| e.to_string())?;
+    }
+    let mut out = run(model, &tr, &te, &split, &a, None)?;
     for l in &out.logs {
         if let (Some(gf), Some(gr)) = (l.g_forget, l.g_retain) {
             eprintln!(
@@ -288,17 +344,16 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
         }
     }
     print_table(&out.before, &out.after);
+    print_memory(&out.memory);
+    let c = commit(&mut out, &a.out, a.receipt.as_deref(), &a.forget)?;
     println!(
-        "{} in {:.1}s, saved {}",
+        "{} in {:.1}s, committed {}",
         a.method,
         out.seconds,
-        a.out.display()
+        c.path.display()
     );
-    if let Some(r) = &a.receipt {
-        let mut v = receipt(&tr, &split, &a.forget, &a.method, &out, &a.model, &a.out)?;
-        v["started_unix"] = started.into();
-        append_receipt(r, &v)?;
-        println!("receipt appended to {}", r.display());
+    if let (Some(r), Some(rec)) = (&a.receipt, &c.receipt) {
+        println!("receipt {} appended to {}", rec.seq, r.display());
     }
     Ok(())
 }

@@ -1,0 +1,490 @@
+//! Planning the memory of a session's work before doing it.
+//!
+//! A pass's allocations are a dry run of `exec`: the same nodes in the same
+//! order with the same liveness rules (a value is freed after its last consumer;
+//! Input and Act outputs are kept as checkpoints for the backward, which
+//! recomputes everything between them and frees each value once the backward
+//! has passed its node), and, for each op, the buffers its implementation
+//! allocates (column matrices, outputs, f32 copies of codes, gradients). Every
+//! buffer is either proportional to the batch or of fixed size (weights,
+//! gradients, kernel scratch), so each point of the run costs
+//! `fixed_t + batch * per_image_t`; the plan keeps the largest of each part,
+//! `fixed + batch * per_image`, an upper bound of every point (tested against
+//! the counting allocator in `tests/budget.rs`). That affine form is what lets a
+//! session pick the largest batch that fits a budget.
+//!
+//! The plan counts what qmul allocates, not what the host does, nor thread
+//! stacks or the allocator's own bookkeeping.
+
+use crate::graph::{Op, QuantScheme, Shape};
+use crate::model::Model;
+use crate::quant::weight::WeightQuant;
+use qmul_kernels::pack;
+
+/// Bytes of one piece of work as `fixed + batch * per_image`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    pub fixed: u64,
+    pub per_image: u64,
+}
+
+impl Cost {
+    pub fn fixed(b: u64) -> Cost {
+        Cost {
+            fixed: b,
+            per_image: 0,
+        }
+    }
+
+    pub fn per_image(b: u64) -> Cost {
+        Cost {
+            fixed: 0,
+            per_image: b,
+        }
+    }
+
+    /// Bytes at a batch of `n`.
+    pub fn at(&self, n: usize) -> u64 {
+        self.fixed
+            .saturating_add(self.per_image.saturating_mul(n as u64))
+    }
+
+    /// Both parts at least as large as in `o` (the bound of two points).
+    pub fn max(self, o: Cost) -> Cost {
+        Cost {
+            fixed: self.fixed.max(o.fixed),
+            per_image: self.per_image.max(o.per_image),
+        }
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            fixed: self.fixed.saturating_add(o.fixed),
+            per_image: self.per_image.saturating_add(o.per_image),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        *self = *self + o;
+    }
+}
+
+/// Scratch a kernel thread may hold: the f32 GEMM's packing buffers (at most
+/// (256 x 256 + 256 x 1152 + 1152 + 48) floats, about 1.4 MiB) and the integer
+/// GEMMs' panel buffers (about 256 KiB plus a few unpacked rows).
+const SCRATCH_PER_THREAD: u64 = 2 << 20;
+/// The graph, shapes, slot tables and small per-node vectors of a pass.
+const BOOKKEEPING: u64 = 256 << 10;
+
+fn f32s(n: usize) -> u64 {
+    4 * n as u64
+}
+
+/// How a node's value is held during a pass.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rep {
+    Pixels,
+    Codes,
+    F32,
+}
+
+/// The pieces of a model the planner reads.
+struct View<'m> {
+    m: &'m Model,
+    threads: u64,
+}
+
+impl View<'_> {
+    fn shape(&self, i: usize) -> Shape {
+        self.m.shapes[i]
+    }
+
+    fn rep(&self, i: usize) -> Rep {
+        match self.m.graph.nodes[i] {
+            Op::Input { .. } => Rep::Pixels,
+            Op::Act { .. } if self.m.graph.scheme != QuantScheme::None => Rep::Codes,
+            _ => Rep::F32,
+        }
+    }
+
+    /// Bytes of node `i`'s value, per image (packed codes: half a byte each,
+    /// plus a byte of rounding per batch, counted as fixed).
+    fn value(&self, i: usize) -> Cost {
+        let len = self.shape(i).len();
+        match self.rep(i) {
+            Rep::Pixels => Cost::per_image(len as u64),
+            Rep::Codes => Cost {
+                fixed: 1,
+                per_image: len.div_ceil(2) as u64,
+            },
+            Rep::F32 => Cost::per_image(f32s(len)),
+        }
+    }
+
+    /// An f32 view of node `i`'s value: free when it already is f32.
+    fn as_f32(&self, i: usize) -> Cost {
+        if self.rep(i) == Rep::F32 {
+            Cost::default()
+        } else {
+            Cost::per_image(f32s(self.shape(i).len()))
+        }
+    }
+
+    /// `(input shape, output shape, kdim, cout)` of conv node `i`.
+    fn conv_dims(&self, i: usize) -> (Shape, Shape, usize, usize) {
+        match &self.m.graph.nodes[i] {
+            Op::Conv { input, k, cout, .. } => {
+                let x = self.shape(*input);
+                (x, self.shape(i), k * k * x.c, *cout)
+            }
+            _ => {
+                let z = Shape { h: 0, w: 0, c: 0 };
+                (z, z, 0, 0)
+            }
+        }
+    }
+
+    /// Output-column buffers of a GEMM split over columns: only when its rows
+    /// are fewer than `8 * threads`, so at most that many rows of `n` floats.
+    fn private_cols(&self, n: usize) -> Cost {
+        Cost::fixed(8 * self.threads * f32s(n))
+    }
+
+    /// Buffers `compute(i)` allocates, its output included.
+    fn forward_temps(&self, i: usize) -> Cost {
+        let m = self.m;
+        let scheme = m.graph.scheme;
+        match &m.graph.nodes[i] {
+            Op::Input { .. } => self.value(i),
+            Op::Conv { input, .. } => {
+                let (x, y, kd, cout) = self.conv_dims(i);
+                let pixels = (y.h * y.w) as u64;
+                let out = Cost::per_image(pixels * 4 * cout as u64) + self.private_cols(cout);
+                match self.rep(*input) {
+                    Rep::Codes => out + Cost::per_image(pixels * pack::row_bytes_4bit(kd) as u64),
+                    Rep::Pixels if scheme != QuantScheme::None => {
+                        out + Cost::per_image(pixels * pack::row_bytes_8bit(kd) as u64)
+                    }
+                    _ => {
+                        out + Cost::per_image(f32s(x.len()) + pixels * f32s(kd))
+                            + Cost::fixed(f32s(cout * kd))
+                    }
+                }
+            }
+            Op::BatchNorm { input, .. } => {
+                let c = self.shape(i).c;
+                self.as_f32(*input) + self.value(i) + Cost::fixed(f32s(6 * c) + 16 * c as u64)
+            }
+            Op::Act { input, .. } => self.as_f32(*input) + self.value(i),
+            Op::Add { b, .. } => self.value(i) + self.as_f32(*b),
+            Op::GlobalAvgPool { input } => self.as_f32(*input) + self.value(i),
+            Op::Linear {
+                input, out, prec, ..
+            } => {
+                let cin = self.shape(*input).len();
+                let q = if WeightQuant::of(scheme, *prec) == WeightQuant::None {
+                    Cost::fixed(f32s(out * cin))
+                } else {
+                    Cost::per_image(pack::row_bytes_8bit(cin) as u64 + 4)
+                };
+                self.as_f32(*input) + self.value(i) + q + self.private_cols(*out)
+            }
+        }
+    }
+
+    /// Buffers the backward of node `i` allocates (beside its incoming
+    /// gradient), its input gradient included.
+    fn backward_temps(&self, i: usize) -> Cost {
+        let m = self.m;
+        let scheme = m.graph.scheme;
+        let t = self.threads;
+        match &m.graph.nodes[i] {
+            Op::Input { .. } => Cost::default(),
+            Op::Linear {
+                input, out, prec, ..
+            } => {
+                let cin = self.shape(*input).len();
+                let quantized = WeightQuant::of(scheme, *prec) != WeightQuant::None;
+                let mut c = self.as_f32(*input)
+                    + Cost::per_image(f32s(cin) * 2 + f32s(*out))
+                    + Cost::fixed(f32s(*out) + f32s(out * cin) * (1 + t))
+                    + self.private_cols(cin);
+                if quantized {
+                    c += Cost::per_image(pack::row_bytes_8bit(cin) as u64 + 4);
+                }
+                c
+            }
+            Op::GlobalAvgPool { input } => Cost::per_image(f32s(self.shape(*input).len())),
+            Op::Add { .. } => Cost::per_image(f32s(self.shape(i).len())),
+            Op::Act { input, .. } => {
+                self.as_f32(*input) + Cost::per_image(f32s(self.shape(*input).len()))
+            }
+            Op::BatchNorm { input, .. } => {
+                let c = self.shape(i).c;
+                self.as_f32(*input)
+                    + Cost::per_image(f32s(self.shape(*input).len()))
+                    + Cost::fixed(f32s(4 * c) + 16 * c as u64)
+            }
+            Op::Conv { input, .. } => {
+                let (x, y, kd, cout) = self.conv_dims(i);
+                let pixels = (y.h * y.w) as u64;
+                let dw = Cost::fixed(f32s(cout * kd) * (1 + t));
+                let cols = match self.rep(*input) {
+                    Rep::Codes => pixels * pack::row_bytes_4bit(kd) as u64,
+                    Rep::Pixels => pixels * pack::row_bytes_8bit(kd) as u64,
+                    Rep::F32 => pixels * f32s(kd),
+                };
+                let dw_part = dw + Cost::per_image(cols);
+                if matches!(m.graph.nodes[*input], Op::Input { .. }) {
+                    return dw_part;
+                }
+                let dx_part = Cost::fixed(f32s(cout * kd) + 64)
+                    + Cost::per_image(pixels * f32s(cout) + pixels * f32s(kd) + f32s(x.len()));
+                dw_part.max(dx_part) + Cost::fixed(f32s(cout * kd))
+            }
+        }
+    }
+
+    /// Weights quantized for one pass, and the largest transient of quantizing them.
+    fn pass_weights(&self) -> Cost {
+        let m = self.m;
+        let (mut held, mut transient) = (0u64, 0u64);
+        for (i, op) in m.graph.nodes.iter().enumerate() {
+            let (cout, prec) = match op {
+                Op::Conv { cout, prec, .. } => (*cout, *prec),
+                Op::Linear { out, prec, .. } => (*out, *prec),
+                _ => continue,
+            };
+            let kd = match op {
+                Op::Conv { .. } => self.conv_dims(i).2,
+                Op::Linear { input, .. } => self.shape(*input).len(),
+                _ => 0,
+            };
+            let kind = WeightQuant::of(m.graph.scheme, prec);
+            let rows = match (kind, prec) {
+                (WeightQuant::None, _) => f32s(cout * kd),
+                (_, crate::graph::Precision::Int4) => (cout * pack::row_bytes_4bit(kd)) as u64,
+                _ => (cout * pack::row_bytes_8bit(kd)) as u64,
+            };
+            held += rows + f32s(cout);
+            transient = transient.max(3 * (cout * pack::row_bytes_8bit(kd)) as u64 + f32s(cout));
+        }
+        Cost::fixed(held + transient)
+    }
+}
+
+/// Bytes of a model's latent parameters and buffers (f32).
+pub fn model_bytes(m: &Model) -> u64 {
+    let n: usize = m
+        .params
+        .iter()
+        .chain(&m.buffers)
+        .map(|t| t.data.len())
+        .sum();
+    f32s(n) + BOOKKEEPING
+}
+
+/// Bytes of the parameters alone (one gradient, one momentum buffer, one mask).
+pub fn param_bytes(m: &Model) -> u64 {
+    f32s(m.param_count())
+}
+
+fn view(m: &Model) -> View<'_> {
+    View {
+        m,
+        threads: qmul_kernels::par::threads() as u64,
+    }
+}
+
+fn last_uses(m: &Model) -> Vec<usize> {
+    let mut last = vec![0usize; m.graph.nodes.len()];
+    for (i, op) in m.graph.nodes.iter().enumerate() {
+        for j in op.inputs() {
+            last[j] = i;
+        }
+    }
+    last
+}
+
+/// An eval-mode forward of a batch (`Model::forward`), its input buffer and
+/// logits included.
+pub fn forward(m: &Model) -> Cost {
+    let v = view(m);
+    let last = last_uses(m);
+    let mut live = Cost::default();
+    let mut peak = Cost::default();
+    for i in 0..m.graph.nodes.len() {
+        peak = peak.max(live + v.forward_temps(i));
+        live += v.value(i);
+        for j in m.graph.nodes[i].inputs() {
+            if last[j] == i {
+                live = sub(live, v.value(j));
+            }
+        }
+    }
+    let input = Cost::per_image(m.graph.input_shape().len() as u64);
+    let base =
+        v.pass_weights() + Cost::fixed(BOOKKEEPING + (v.threads + 1) * SCRATCH_PER_THREAD) + input;
+    base + peak
+}
+
+fn sub(a: Cost, b: Cost) -> Cost {
+    Cost {
+        fixed: a.fixed.saturating_sub(b.fixed),
+        per_image: a.per_image.saturating_sub(b.per_image),
+    }
+}
+
+/// One training pass (`Model::train_pass`): forward with checkpoints, loss,
+/// straight-through backward, the parameter gradients it returns, and the
+/// batch's images, labels and weights.
+pub fn train_pass(m: &Model) -> Cost {
+    let v = view(m);
+    let nodes = &m.graph.nodes;
+    let last = last_uses(m);
+    let is_checkpoint = |i: usize| matches!(nodes[i], Op::Input { .. } | Op::Act { .. });
+    let classes = m.classes();
+    // Forward: live values, saved checkpoints.
+    let mut live = Cost::default();
+    let mut peak = Cost::default();
+    let mut have = vec![false; nodes.len()];
+    for i in 0..nodes.len() {
+        peak = peak.max(live + v.forward_temps(i));
+        live += v.value(i);
+        have[i] = true;
+        for j in nodes[i].inputs() {
+            if last[j] == i && !is_checkpoint(j) {
+                live = sub(live, v.value(j));
+                have[j] = false;
+            }
+        }
+    }
+    // Logits (kept in the result) and their gradient.
+    let logits = Cost::per_image(f32s(classes));
+    let last_node = nodes.len() - 1;
+    live = sub(live, v.value(last_node));
+    have[last_node] = false;
+    live += logits + logits;
+    peak = peak.max(live);
+    // Backward: gradients per node, recomputation from checkpoints.
+    let mut dnode = vec![false; nodes.len()];
+    dnode[last_node] = true;
+    let mut live_d = logits; // dlogits now held in dnode
+    live = sub(live, logits);
+    for i in (0..nodes.len()).rev() {
+        if !dnode[i] {
+            if have[i] {
+                live = sub(live, v.value(i));
+                have[i] = false;
+            }
+            continue;
+        }
+        // Recompute a missing input, as `ensure` does (depth first), for the
+        // ops whose backward reads their input.
+        if let Op::Linear { input, .. }
+        | Op::Act { input, .. }
+        | Op::BatchNorm { input, .. }
+        | Op::Conv { input, .. } = &nodes[i]
+        {
+            recompute(&v, *input, &mut have, &mut live, &mut peak, live_d);
+        }
+        let temps = v.backward_temps(i);
+        peak = peak.max(live + live_d + temps);
+        // The input gradients join dnode (summed into existing ones).
+        for j in nodes[i].inputs() {
+            if matches!(nodes[i], Op::Conv { .. }) && matches!(nodes[j], Op::Input { .. }) {
+                continue;
+            }
+            if !dnode[j] {
+                dnode[j] = true;
+                live_d += Cost::per_image(f32s(m.shapes[j].len()));
+            }
+        }
+        dnode[i] = false;
+        live_d = sub(live_d, Cost::per_image(f32s(m.shapes[i].len())));
+        if have[i] {
+            live = sub(live, v.value(i));
+            have[i] = false;
+        }
+    }
+    let grads = Cost::fixed(param_bytes(m) + f32s(m.params.len()) * 6);
+    let batch = Cost::per_image(m.graph.input_shape().len() as u64 + 8);
+    v.pass_weights()
+        + grads
+        + batch
+        + Cost::fixed(BOOKKEEPING + (v.threads + 1) * SCRATCH_PER_THREAD)
+        + logits
+        + peak
+}
+
+/// `ensure(j)`: recomputes node `j` (and its missing inputs first) into `have`.
+fn recompute(v: &View, j: usize, have: &mut [bool], live: &mut Cost, peak: &mut Cost, d: Cost) {
+    if have[j] {
+        return;
+    }
+    for k in v.m.graph.nodes[j].inputs() {
+        recompute(v, k, have, live, peak, d);
+    }
+    *peak = peak.max(*live + d + v.forward_temps(j));
+    *live += v.value(j);
+    have[j] = true;
+}
+
+/// How an unlearning run uses memory beside its passes.
+#[derive(Clone, Copy, Debug)]
+pub struct UnlearnShape {
+    pub forget: usize,
+    pub retain: usize,
+    /// SalUn keeps a saliency mask (and ranks every parameter to make it).
+    pub saliency: bool,
+    /// Q-MUL's Similar Labels keep the forget set's probabilities.
+    pub similar_labels: bool,
+}
+
+/// A whole unlearning run: the working copy of the model and its momentum, the
+/// per-epoch orders, targets and index vectors (up to 80 bytes a sample while
+/// they are built), then the largest phase: a training pass (AGR's norm passes
+/// are the same), the Similar-Labels probabilities, or building SalUn's mask
+/// (accumulated gradients, their magnitudes and the mask beside a pass). The
+/// session's own sets and model are resident, not part of this.
+pub fn unlearn(m: &Model, s: UnlearnShape) -> Cost {
+    let params = param_bytes(m);
+    let samples = (s.forget + s.retain) as u64;
+    let base = Cost::fixed(model_bytes(m) + params + 80 * samples + 8 * s.forget as u64);
+    let mask = if s.saliency { params } else { 0 };
+    let mut phase = train_pass(m) + Cost::fixed(mask);
+    if s.similar_labels {
+        phase = phase.max(probabilities(m, s.forget));
+    }
+    if s.saliency {
+        phase = phase.max(train_pass(m) + Cost::fixed(3 * params));
+    }
+    base + phase
+}
+
+/// Eval-mode probabilities of `n` samples in batches (FA, RA, TA, predictions):
+/// the probabilities kept, one batch gathered and its forward pass.
+pub fn probabilities(m: &Model, n: usize) -> Cost {
+    Cost::fixed(f32s(n * m.classes()) + 8 * n as u64) + forward(m)
+}
+
+/// FA, RA, TA and MIA over the session's three sets, evaluated at `batch`.
+pub fn evaluate(m: &Model, forget: usize, retain: usize, test: usize, batch: usize) -> u64 {
+    let kept = (f32s(m.classes()) + 8) * (forget + retain + test) as u64;
+    // The attack's SVM on members + non-members: ~8 f64 vectors of its samples.
+    let svm = 96 * 2 * test.min(retain) as u64 + 16 * forget as u64;
+    kept + svm + probabilities(m, 0).at(batch)
+}
+
+/// Writing a model: the serialized bytes, the container, and the model parsed
+/// back from them to prove they load.
+pub fn commit(m: &Model) -> u64 {
+    // A file is never larger than every value as f32 plus its header.
+    let file = model_bytes(m) + (64 << 10);
+    2 * file + model_bytes(m) + view(m).pass_weights().fixed
+}
