@@ -73,6 +73,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `path` by `bytes` crash-safely (see the module comment).
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    remove_stale_temps(path);
     let dir = dir_of(path);
     let tmp = temp_path(path)?;
     let res = (|| {

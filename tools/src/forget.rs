@@ -35,7 +35,15 @@ impl ForgetSpec {
             ["class", k] => Ok(ForgetSpec::Class(
                 k.parse().map_err(|_| format!("bad class '{k}' in '{s}'"))?,
             )),
-            ["indices", ..] => Ok(ForgetSpec::Indices(PathBuf::from(&s["indices:".len()..]))),
+            ["indices", rest @ ..] => {
+                let file = rest.join(":");
+                if file.is_empty() {
+                    return Err(format!(
+                        "'{s}': indices needs a file name (indices:FILE, one index per line)"
+                    ));
+                }
+                Ok(ForgetSpec::Indices(PathBuf::from(file)))
+            }
             _ => Err(format!(
                 "unknown forget spec '{s}' (random:FRAC:SEED, class:K or indices:FILE)"
             )),
@@ -64,8 +72,7 @@ impl ForgetSpec {
                     .collect()
             }
             ForgetSpec::Indices(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let text = read_index_file(p)?;
                 let mut v = Vec::new();
                 for (ln, line) in text.lines().enumerate() {
                     let t = line.trim();
@@ -89,7 +96,13 @@ impl ForgetSpec {
             }
         };
         v.sort_unstable();
-        v.dedup();
+        if let (ForgetSpec::Indices(p), Some(w)) = (self, v.windows(2).find(|w| w[0] == w[1])) {
+            return Err(format!(
+                "{}: index {} appears more than once (each sample is forgotten once)",
+                p.display(),
+                w[0]
+            ));
+        }
         if v.is_empty() {
             return Err("the forget set is empty".into());
         }
@@ -103,6 +116,26 @@ impl ForgetSpec {
             _ => None,
         }
     }
+}
+
+/// Largest index file read (64 MiB: millions of indices).
+const MAX_INDEX_FILE: u64 = 64 << 20;
+
+/// An index file's text, read with a size cap (a link to an endless device is an error).
+fn read_index_file(p: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_INDEX_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    if buf.len() as u64 > MAX_INDEX_FILE {
+        return Err(format!(
+            "{}: larger than {MAX_INDEX_FILE} bytes; not an index file",
+            p.display()
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| format!("{}: not UTF-8 text", p.display()))
 }
 
 /// `0..n` minus the sorted `remove` list.
@@ -132,6 +165,13 @@ mod tests {
         assert_eq!(ForgetSpec::parse("class:3").unwrap(), ForgetSpec::Class(3));
         assert!(ForgetSpec::parse("random:1.5:1").is_err());
         assert!(ForgetSpec::parse("bogus").is_err());
+        assert!(ForgetSpec::parse("indices").is_err());
+        assert!(ForgetSpec::parse("indices:").is_err());
+        assert_eq!(
+            ForgetSpec::parse("indices:a:b.txt").unwrap(),
+            ForgetSpec::Indices(PathBuf::from("a:b.txt"))
+        );
+        assert!(ForgetSpec::parse("random:nan:1").is_err());
         assert_eq!(complement(5, &[1, 3]), vec![0, 2, 4]);
     }
 }

@@ -31,6 +31,10 @@ enum Cmd {
     Experiment(cli::ExperimentArgs),
     /// Rewrite an experiment's table.md and avg_gap.svg from its results.json.
     Report(cli::ReportArgs),
+    /// List a deletion-receipt log and verify its checksums and chain.
+    Receipts(cli::ReceiptsArgs),
+    /// Rewrite model files in the current format (adds the data checksum).
+    Upgrade(cli::UpgradeArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -49,6 +53,10 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     keep_freed_memory();
     let args = Cli::parse();
+    if let Some(e) = qmul_kernels::override_error() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let r = match args.cmd {
         Cmd::Train(a) => cli::train(a),
         Cmd::Eval(a) => cli::eval(a),
@@ -57,6 +65,8 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => cli::demo(a),
         Cmd::Experiment(a) => cli::experiment(a),
         Cmd::Report(a) => cli::render(a),
+        Cmd::Receipts(a) => cli::receipts(a),
+        Cmd::Upgrade(a) => cli::upgrade(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

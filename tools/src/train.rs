@@ -25,6 +25,31 @@ pub struct TrainConfig {
     pub augment: Option<Augment>,
 }
 
+impl TrainConfig {
+    /// Rejects settings no training run can use (before anything is trained or written).
+    pub fn check(&self) -> Result<(), String> {
+        if self.epochs == 0 {
+            return Err("--epochs must be at least 1 (0 would save an untrained model)".into());
+        }
+        if self.batch == 0 {
+            return Err("batch size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(format!("learning rate {} must be finite and >= 0", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!(
+                "weight decay {} must be finite and >= 0",
+                self.weight_decay
+            ));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(format!("momentum {} must be in [0, 1)", self.momentum));
+        }
+        Ok(())
+    }
+}
+
 /// What one epoch did.
 #[derive(Clone, Debug)]
 pub struct EpochReport {
@@ -192,9 +217,7 @@ pub fn train(
     if train.is_empty() {
         return Err("the training set is empty".into());
     }
-    if cfg.batch == 0 {
-        return Err("batch size must be at least 1".into());
-    }
+    cfg.check()?;
     let mut sgd = Sgd::new(model, cfg.lr, cfg.momentum, cfg.weight_decay);
     if let (Some(ck), true) = (checkpoint, start_epoch > 0) {
         restore_state(model, &mut sgd, ck, start_epoch);

@@ -354,4 +354,144 @@ fn demo_runs_on_what_the_repository_ships() {
     );
     let receipts = std::fs::read_to_string(dir.path().join("receipts.jsonl")).unwrap();
     assert_eq!(receipts.lines().count(), 2);
+    assert!(
+        out.contains("receipt 1:") && out.contains("receipt 2:"),
+        "{out}"
+    );
+    assert!(out.contains("chain verified"), "{out}");
+    let v = succeed(
+        qmul()
+            .arg("receipts")
+            .arg(dir.path().join("receipts.jsonl")),
+    );
+    assert!(String::from_utf8_lossy(&v.stdout).contains("2 records"));
+}
+
+/// The careless and hostile inputs found by trying the command: each is a
+/// clear error, exits non-zero, and writes nothing.
+#[test]
+fn careless_and_hostile_input_are_clean_errors_that_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/checkpoints/fmnist-subset-r18w8-pact.qmul"
+    );
+    let m = dir.path().join("m.qmul");
+    std::fs::copy(shipped, &m).unwrap();
+    let original = std::fs::read(&m).unwrap();
+    let out = dir.path().join("out.qmul");
+    let unlearn = |extra: &[&str]| {
+        let mut c = qmul();
+        c.args(["unlearn", "--data", "subset", "--epochs", "1", "--model"])
+            .arg(&m)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        c
+    };
+    // `--forget indices` without a file name (used to panic).
+    fail_with(&mut unlearn(&["--forget", "indices"]), "needs a file name");
+    fail_with(
+        qmul()
+            .args(["eval", "--data", "subset", "--forget", "indices", "--model"])
+            .arg(&m),
+        "needs a file name",
+    );
+    // An index file with a repeated index, and one that is not text.
+    let idx = dir.path().join("idx.txt");
+    std::fs::write(&idx, "3\n7\n3\n").unwrap();
+    let spec = format!("indices:{}", idx.display());
+    fail_with(&mut unlearn(&["--forget", &spec]), "more than once");
+    // The whole training set.
+    let all: String = (0..5000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&idx, all).unwrap();
+    fail_with(&mut unlearn(&["--forget", &spec]), "whole training set");
+    // Diverging settings.
+    fail_with(
+        &mut unlearn(&["--forget", "random:0.1:1", "--lr", "NaN"]),
+        "learning rate",
+    );
+    // The receipt log may not be a model file.
+    let out_s = out.display().to_string();
+    let m_s = m.display().to_string();
+    fail_with(
+        &mut unlearn(&["--forget", "random:0.1:1", "--receipt", &out_s]),
+        "receipts go in a file of their own",
+    );
+    fail_with(
+        &mut unlearn(&["--forget", "random:0.1:1", "--receipt", &m_s]),
+        "receipts go in a file of their own",
+    );
+    // A bogus kernel override is an error, not silently ignored.
+    fail_with(
+        qmul()
+            .env("QMUL_KERNEL", "bogus")
+            .args(["eval", "--data", "subset", "--model"])
+            .arg(&m),
+        "QMUL_KERNEL=bogus",
+    );
+    // Training: zero epochs, a NaN rate.
+    fail_with(
+        qmul()
+            .args(["train", "--data", "subset", "--epochs", "0", "--out"])
+            .arg(&out),
+        "--epochs must be at least 1",
+    );
+    fail_with(
+        qmul()
+            .args(["train", "--data", "subset", "--lr", "NaN", "--out"])
+            .arg(&out),
+        "learning rate",
+    );
+    // A model whose graph declares a 65,536-channel conv (used to abort).
+    let bytes = std::fs::read(&m).unwrap();
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + hlen].to_vec()).unwrap();
+    let hostile_header = header.replacen(r#"\"cout\":8,"#, r#"\"cout\":65536,"#, 1);
+    assert_ne!(hostile_header, header, "the graph has an 8-channel conv");
+    let mut hb = hostile_header.into_bytes();
+    hb.resize(hb.len().next_multiple_of(8), b' ');
+    let mut hostile = (hb.len() as u64).to_le_bytes().to_vec();
+    hostile.extend_from_slice(&hb);
+    hostile.extend_from_slice(&bytes[8 + hlen..]);
+    let hm = dir.path().join("hostile.qmul");
+    std::fs::write(&hm, &hostile).unwrap();
+    fail_with(qmul().arg("inspect").arg(&hm), "invalid model file");
+    fail_with(
+        qmul()
+            .args(["eval", "--data", "subset", "--model"])
+            .arg(&hm),
+        "invalid model file",
+    );
+    // A raw data "file" that never ends.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    #[cfg(unix)]
+    {
+        for f in [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ] {
+            std::os::unix::fs::symlink("/dev/zero", data.join(f)).unwrap();
+        }
+        let spec = format!("mnist:{}", data.display());
+        let o = qmul()
+            .args(["eval", "--data", &spec, "--model"])
+            .arg(&m)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+    }
+    // Nothing was written, and the model is untouched.
+    assert!(!out.exists(), "no output written");
+    assert_eq!(std::fs::read(&m).unwrap(), original);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
 }

@@ -1,7 +1,9 @@
 //! `qmul inspect`: what a model file holds.
 
 use clap::Args;
-use qmul_runtime::{model_file, Op};
+use qmul_runtime::model_file::Integrity;
+use qmul_runtime::session::OpenModel;
+use qmul_runtime::Op;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -10,8 +12,10 @@ pub struct InspectArgs {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<(), String> {
-    let model = model_file::load(&a.file).map_err(|e| e.to_string())?;
-    let size = std::fs::metadata(&a.file).map_err(|e| e.to_string())?.len();
+    let open = OpenModel::open(&a.file).map_err(|e| e.to_string())?;
+    let info = open.info();
+    let model = open.model();
+    let size = info.file_bytes;
     let g = &model.graph;
     let count = |f: fn(&Op) -> bool| g.nodes.iter().filter(|o| f(o)).count();
     let s = g.input_shape();
@@ -27,8 +31,10 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
     );
     println!("classes       {}", g.classes);
     println!(
-        "quantization  {} (4-bit weights and activations)",
-        g.scheme.name()
+        "quantization  {} ({}-bit weights and activations, {}-bit stem and classifier)",
+        g.scheme.name(),
+        info.bits,
+        info.edge_bits
     );
     let precs: Vec<String> = g
         .nodes
@@ -61,6 +67,17 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
         "size on disk  {} bytes ({:.1} KiB)",
         size,
         size as f64 / 1024.0
+    );
+    println!(
+        "integrity     {}",
+        match info.integrity {
+            Integrity::Verified => format!(
+                "tensor-data SHA-256 verified; file sha256 {}",
+                info.file_sha256
+            ),
+            Integrity::Unchecked =>
+                "no checksum (format version 1): run `qmul upgrade FILE` to add one".into(),
+        }
     );
     for (k, v) in &model.info {
         println!("info.{k:<9} {v}");

@@ -4,17 +4,21 @@ mod demo;
 mod eval;
 mod experiment;
 mod inspect;
+mod receipts;
 mod render;
 mod train;
 pub mod unlearn;
+mod upgrade;
 
 pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
 pub use experiment::{experiment, ExperimentArgs};
 pub use inspect::{inspect, InspectArgs};
+pub use receipts::{receipts, ReceiptsArgs};
 pub use render::{render, ReportArgs};
 pub use train::{train, TrainArgs};
 pub use unlearn::{unlearn_cmd, UnlearnArgs};
+pub use upgrade::{upgrade, UpgradeArgs};
 
 use crate::data::{self, Dataset};
 use clap::Args;

@@ -72,6 +72,15 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
         32 => Precision::F32,
         b => return Err(format!("--edge-bits {b}: use 8 or 32")),
     };
+    if !(a.pact_init.is_finite() && a.pact_init > 0.0) {
+        return Err(format!(
+            "--pact-init {} must be finite and > 0",
+            a.pact_init
+        ));
+    }
+    if a.width == 0 {
+        return Err("--width must be at least 1".into());
+    }
     let (mut tr, te) = a.data.load()?;
     if let Some(l) = a.limit {
         let idx: Vec<usize> = (0..l.min(tr.len())).collect();
