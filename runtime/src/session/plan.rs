@@ -74,10 +74,22 @@ impl std::ops::AddAssign for Cost {
     }
 }
 
-/// Scratch a kernel thread may hold: the f32 GEMM's packing buffers (at most
-/// (256 x 256 + 256 x 1152 + 1152 + 48) floats, about 1.4 MiB) and the integer
-/// GEMMs' panel buffers (about 256 KiB plus a few unpacked rows).
-const SCRATCH_PER_THREAD: u64 = 2 << 20;
+/// Scratch one thread of an integer GEMM holds (every variant): B panels of at
+/// most `max(256 KiB, 16 rows)` and at most `n + 16` rows of `2 * row_bytes`
+/// unpacked codes, plus up to 24 unpacked rows of A and B.
+fn qgemm_scratch(n: usize, row_bytes: usize) -> u64 {
+    let kc = 2 * row_bytes as u64;
+    ((256u64 << 10).max(16 * kc)).min((n as u64 + 16) * kc) + 24 * kc
+}
+
+/// Scratch one thread of an f32 GEMM holds (every variant's blocking: KC <= 256,
+/// MC <= 256, NC <= 1152, tiles up to 8 x 16): packed A and B blocks and a row.
+fn sgemm_scratch(m: usize, n: usize, k: usize) -> u64 {
+    let kc = k.min(256) as u64;
+    let (mc, nc) = (m.min(256) as u64 + 8, n.min(1152) as u64 + 16);
+    4 * (mc * kc + nc * kc + nc + 48)
+}
+
 /// The graph, shapes, slot tables and small per-node vectors of a pass.
 const BOOKKEEPING: u64 = 256 << 10;
 
@@ -250,6 +262,46 @@ impl View<'_> {
         }
     }
 
+    /// Kernel scratch of the largest GEMM of a pass, for every thread that may
+    /// run it (the workers and the calling thread, whose buffers persist).
+    fn scratch(&self, backward: bool) -> Cost {
+        let m = self.m;
+        let scheme = m.graph.scheme;
+        let big = 1 << 20; // rows of a batch-sized GEMM: only the caps matter
+        let mut most = 0u64;
+        for (i, op) in m.graph.nodes.iter().enumerate() {
+            let (gemm_fwd, gemm_bwd) = match op {
+                Op::Conv { input, prec, .. } => {
+                    let (_, _, kd, cout) = self.conv_dims(i);
+                    let fwd = match (self.rep(*input), WeightQuant::of(scheme, *prec)) {
+                        (_, WeightQuant::None) => sgemm_scratch(big, cout, kd),
+                        (Rep::Codes, _) => qgemm_scratch(cout, pack::row_bytes_4bit(kd)),
+                        _ => qgemm_scratch(cout, pack::row_bytes_8bit(kd)),
+                    };
+                    let bwd = sgemm_scratch(cout, kd, big).max(sgemm_scratch(big, kd, cout));
+                    (fwd, bwd)
+                }
+                Op::Linear {
+                    input, out, prec, ..
+                } => {
+                    let cin = self.shape(*input).len();
+                    let fwd = match WeightQuant::of(scheme, *prec) {
+                        WeightQuant::None => sgemm_scratch(big, *out, cin),
+                        _ => qgemm_scratch(*out, pack::row_bytes_8bit(cin)),
+                    };
+                    let bwd = sgemm_scratch(*out, cin, big).max(sgemm_scratch(big, cin, *out));
+                    (fwd, bwd)
+                }
+                _ => continue,
+            };
+            most = most.max(gemm_fwd);
+            if backward {
+                most = most.max(gemm_bwd);
+            }
+        }
+        Cost::fixed((self.threads + 1) * most)
+    }
+
     /// Weights quantized for one pass, and the largest transient of quantizing them.
     fn pass_weights(&self) -> Cost {
         let m = self.m;
@@ -275,6 +327,27 @@ impl View<'_> {
             transient = transient.max(3 * (cout * pack::row_bytes_8bit(kd)) as u64 + f32s(cout));
         }
         Cost::fixed(held + transient)
+    }
+
+    /// The quantized weights alone (what a file stores per layer).
+    fn pass_weights_held(&self) -> u64 {
+        let m = self.m;
+        let mut held = 0u64;
+        for (i, op) in m.graph.nodes.iter().enumerate() {
+            let (cout, prec, kd) = match op {
+                Op::Conv { cout, prec, .. } => (*cout, *prec, self.conv_dims(i).2),
+                Op::Linear {
+                    out, prec, input, ..
+                } => (*out, *prec, self.shape(*input).len()),
+                _ => continue,
+            };
+            held += match (WeightQuant::of(m.graph.scheme, prec), prec) {
+                (WeightQuant::None, _) => f32s(cout * kd),
+                (_, crate::graph::Precision::Int4) => (cout * pack::row_bytes_4bit(kd)) as u64,
+                _ => (cout * pack::row_bytes_8bit(kd)) as u64,
+            };
+        }
+        held
     }
 }
 
@@ -328,8 +401,7 @@ pub fn forward(m: &Model) -> Cost {
         }
     }
     let input = Cost::per_image(m.graph.input_shape().len() as u64);
-    let base =
-        v.pass_weights() + Cost::fixed(BOOKKEEPING + (v.threads + 1) * SCRATCH_PER_THREAD) + input;
+    let base = v.pass_weights() + Cost::fixed(BOOKKEEPING) + v.scratch(false) + input;
     base + peak
 }
 
@@ -414,12 +486,7 @@ pub fn train_pass(m: &Model) -> Cost {
     }
     let grads = Cost::fixed(param_bytes(m) + f32s(m.params.len()) * 6);
     let batch = Cost::per_image(m.graph.input_shape().len() as u64 + 8);
-    v.pass_weights()
-        + grads
-        + batch
-        + Cost::fixed(BOOKKEEPING + (v.threads + 1) * SCRATCH_PER_THREAD)
-        + logits
-        + peak
+    v.pass_weights() + grads + batch + Cost::fixed(BOOKKEEPING) + v.scratch(true) + logits + peak
 }
 
 /// `ensure(j)`: recomputes node `j` (and its missing inputs first) into `have`.
@@ -473,18 +540,32 @@ pub fn probabilities(m: &Model, n: usize) -> Cost {
     Cost::fixed(f32s(n * m.classes()) + 8 * n as u64) + forward(m)
 }
 
-/// FA, RA, TA and MIA over the session's three sets, evaluated at `batch`.
+/// FA, RA, TA and MIA over the session's three sets, evaluated `batch` at a
+/// time: each set's probabilities (one set at a time) and confidences, and the
+/// attack's SVM on members and non-members (about 12 f64 vectors of them).
 pub fn evaluate(m: &Model, forget: usize, retain: usize, test: usize, batch: usize) -> u64 {
-    let kept = (f32s(m.classes()) + 8) * (forget + retain + test) as u64;
-    // The attack's SVM on members + non-members: ~8 f64 vectors of its samples.
+    let largest = forget.max(retain).max(test);
+    let kept = 8 * (forget + retain + test) as u64 + f32s(largest * m.classes());
     let svm = 96 * 2 * test.min(retain) as u64 + 16 * forget as u64;
-    kept + svm + probabilities(m, 0).at(batch)
+    kept + svm + forward(m).at(batch.min(largest).max(1))
 }
 
-/// Writing a model: the serialized bytes, the container, and the model parsed
-/// back from them to prove they load.
+/// An upper bound of the serialized file: each layer's codes (or f32 weights),
+/// every other tensor as f32, and a header of at most 64 KiB per 64 nodes.
+fn file_bytes(m: &Model) -> u64 {
+    let codes = view(m).pass_weights_held();
+    let weights: usize = m
+        .slots
+        .iter()
+        .filter_map(|s| s.conv().map(|c| c.0).or(s.linear().map(|l| l.0)))
+        .map(|w| m.params[w].data.len())
+        .sum();
+    let others = m.param_count() + m.buffers.iter().map(|t| t.data.len()).sum::<usize>() - weights;
+    codes + f32s(others) + (64 << 10) * (1 + m.graph.nodes.len() as u64 / 64)
+}
+
+/// Writing a model: its weights quantized, the tensors' bytes and the file
+/// (twice the file), and the model parsed back from them to prove they load.
 pub fn commit(m: &Model) -> u64 {
-    // A file is never larger than every value as f32 plus its header.
-    let file = model_bytes(m) + (64 << 10);
-    2 * file + model_bytes(m) + view(m).pass_weights().fixed
+    2 * file_bytes(m) + model_bytes(m) + view(m).pass_weights().fixed
 }
