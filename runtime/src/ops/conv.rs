@@ -232,23 +232,32 @@ pub fn backward(
 }
 
 /// `dy[i][j] * s[j]`.
-fn scale_cols(dy: &[f32], s: &[f32]) -> Vec<f32> {
-    let n = s.len();
-    dy.chunks(n)
-        .flat_map(|r| r.iter().zip(s).map(|(a, b)| a * b))
-        .collect()
+pub fn scale_cols(dy: &[f32], s: &[f32]) -> Vec<f32> {
+    // Sized up front: a collected `flat_map` would grow by doubling, up to
+    // twice the bytes of the largest buffer of a step (and of the memory plan).
+    let mut out = Vec::with_capacity(dy.len());
+    for r in dy.chunks(s.len().max(1)) {
+        out.extend(r.iter().zip(s).map(|(a, b)| a * b));
+    }
+    out
 }
 
 /// Dequantized f32 copy of any input representation (`len` elements).
 pub fn to_f32(x: ConvInput, len: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = match x {
-        ConvInput::F32(v) => v.to_vec(),
-        ConvInput::Bytes { data, scale } => data.iter().map(|&b| b as f32 * scale).collect(),
-        ConvInput::Codes4 { packed, scale } => packed
+    match x {
+        ConvInput::F32(v) => v[..len.min(v.len())].to_vec(),
+        ConvInput::Bytes { data, scale } => data[..len.min(data.len())]
             .iter()
-            .flat_map(|&b| [(b & 15) as f32 * scale, (b >> 4) as f32 * scale])
+            .map(|&b| b as f32 * scale)
             .collect(),
-    };
-    v.truncate(len);
-    v
+        ConvInput::Codes4 { packed, scale } => {
+            let mut v = Vec::with_capacity(packed.len() * 2);
+            for &b in packed {
+                v.push((b & 15) as f32 * scale);
+                v.push((b >> 4) as f32 * scale);
+            }
+            v.truncate(len);
+            v
+        }
+    }
 }

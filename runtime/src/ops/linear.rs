@@ -112,14 +112,15 @@ pub fn backward(
         LinearWeights::Int8 { .. } => {
             let (codes, rs) = quantize_rows(x, n, cin);
             let rb = pack::row_bytes_8bit(cin);
-            (0..n)
-                .flat_map(|b| {
+            let mut v = Vec::with_capacity(n * cin);
+            for b in 0..n {
+                v.extend(
                     codes[b * rb..b * rb + cin]
                         .iter()
-                        .map(|&c| c as f32 * rs[b])
-                        .collect::<Vec<_>>()
-                })
-                .collect()
+                        .map(|&c| c as f32 * rs[b]),
+                );
+            }
+            v
         }
         LinearWeights::F32(_) => x.to_vec(),
     };
@@ -143,10 +144,7 @@ pub fn backward(
     let mut dx = vec![0.0f32; n * cin];
     match w {
         LinearWeights::Int8 { rows, scale } => {
-            let dys: Vec<f32> = dy
-                .chunks(out)
-                .flat_map(|r| r.iter().zip(scale).map(|(a, b)| a * b))
-                .collect();
+            let dys = super::conv::scale_cols(dy, scale);
             let b = BMat::S8 {
                 data: bytemuck::cast_slice(rows),
                 rs: pack::row_bytes_8bit(cin),
