@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs the qmul-kernels tests for aarch64 under user-mode QEMU, so the NEON and
-# dotprod variants are exercised on an x86_64 host. Installs nothing: it needs
+# Runs the qmul-kernels and qmul-runtime tests for aarch64 under user-mode
+# QEMU, so the NEON and dotprod variants are exercised on an x86_64 host, then
+# cross-builds the C client against the aarch64 static library and runs the
+# whole on-device flow with it under QEMU. Installs nothing: it needs
 #   * the aarch64 Rust target:  rustup target add aarch64-unknown-linux-gnu
 #   * a cross linker + libc:    aarch64-linux-gnu-gcc (Debian/Ubuntu: gcc-aarch64-linux-gnu)
 #   * user-mode QEMU:           qemu-aarch64 (Debian/Ubuntu: qemu-user)
@@ -32,3 +34,26 @@ env -u QMUL_KERNEL cargo test -p qmul-kernels --target aarch64-unknown-linux-gnu
 
 echo "== aarch64 (qemu -cpu max): QMUL_KERNEL=neon"
 QMUL_KERNEL=neon cargo test -p qmul-kernels --target aarch64-unknown-linux-gnu "$@"
+
+# The runtime: model file, gradients, unlearning, sessions, receipts, mutation
+# tests (the header test is target-independent and runs on the host).
+echo "== aarch64 (qemu -cpu max): qmul-runtime"
+cargo test -p qmul-runtime --target aarch64-unknown-linux-gnu --lib \
+    --test grad_check --test model_file --test unlearn --test mutation "$@"
+
+# The C client, cross-compiled against the aarch64 static library.
+echo "== aarch64 (qemu -cpu max): C client"
+target_dir=${CARGO_TARGET_DIR:-target}
+cargo build -p qmul-runtime --lib --target aarch64-unknown-linux-gnu
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+aarch64-linux-gnu-gcc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O1 -I include \
+    tests/c/client.c "$target_dir/aarch64-unknown-linux-gnu/debug/libqmul_runtime.a" \
+    -lpthread -ldl -lm -o "$work/client"
+cp models/checkpoints/fmnist-subset-r18w8-pact.qmul "$work/model.qmul"
+d=data/fashion-mnist-subset
+qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu max "$work/client" "$work/model.qmul" \
+    $d/train-images-idx3-ubyte.gz $d/train-labels-idx1-ubyte.gz \
+    $d/t10k-images-idx3-ubyte.gz $d/t10k-labels-idx1-ubyte.gz "$work/receipts.jsonl" | tee "$work/out"
+grep -q "C CLIENT OK" "$work/out"
+echo "test result: ok. 1 passed; 0 failed; (C client on aarch64 under qemu)"
