@@ -130,11 +130,12 @@ impl Data {
             let xc: Vec<u8> = (0..pixels * l.kd).map(|_| rng.next() as u8).collect();
             let wc: Vec<i8> = (0..l.cout * l.kd).map(|_| rng.next() as i8).collect();
             let w = pack::pad_rows_8bit(&wc, l.cout, l.kd)
+                .unwrap()
                 .into_iter()
                 .map(|c| c as u8)
                 .collect();
             (
-                pack::pad_rows_8bit(&xc, pixels, l.kd),
+                pack::pad_rows_8bit(&xc, pixels, l.kd).unwrap(),
                 w,
                 pack::row_bytes_8bit(l.kd),
             )
@@ -146,8 +147,8 @@ impl Data {
                 .map(|_| (rng.next() % 16) as i8 - 8)
                 .collect();
             (
-                pack::pack_u4(&xc, pixels, l.kd),
-                pack::pack_s4(&wc, l.cout, l.kd),
+                pack::pack_u4(&xc, pixels, l.kd).unwrap(),
+                pack::pack_s4(&wc, l.cout, l.kd).unwrap(),
                 pack::row_bytes_4bit(l.kd),
             )
         };

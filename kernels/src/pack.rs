@@ -13,6 +13,8 @@
 //!   need a tail loop, and a zero code contributes nothing to a dot product.
 //! * 8-bit codes use one byte per element and pad rows to [`ROW_ALIGN_BYTES`] bytes.
 
+use crate::ShapeError;
+
 /// Row padding of packed 4-bit rows, in codes.
 pub const ROW_ALIGN_CODES: usize = 32;
 /// Row padding in bytes (packed 4-bit rows and 8-bit rows alike).
@@ -64,9 +66,19 @@ pub fn set_nibble(row: &mut [u8], j: usize, code: u8) {
     }
 }
 
+/// `codes` must hold exactly `rows x k` values.
+fn check_len(what: &str, len: usize, rows: usize, k: usize) -> Result<(), ShapeError> {
+    if rows.checked_mul(k) != Some(len) {
+        return Err(ShapeError(format!(
+            "{what}: {len} values for {rows} rows of {k}"
+        )));
+    }
+    Ok(())
+}
+
 /// Packs `rows x k` signed codes (-8..=7, row-major) into padded packed rows.
-pub fn pack_s4(codes: &[i8], rows: usize, k: usize) -> Vec<u8> {
-    assert_eq!(codes.len(), rows * k);
+pub fn pack_s4(codes: &[i8], rows: usize, k: usize) -> Result<Vec<u8>, ShapeError> {
+    check_len("pack_s4", codes.len(), rows, k)?;
     let rb = row_bytes_4bit(k);
     let mut out = vec![0u8; rows * rb];
     for r in 0..rows {
@@ -76,12 +88,12 @@ pub fn pack_s4(codes: &[i8], rows: usize, k: usize) -> Vec<u8> {
             set_nibble(dst, j, c as u8);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Packs `rows x k` unsigned codes (0..=15, row-major) into padded packed rows.
-pub fn pack_u4(codes: &[u8], rows: usize, k: usize) -> Vec<u8> {
-    assert_eq!(codes.len(), rows * k);
+pub fn pack_u4(codes: &[u8], rows: usize, k: usize) -> Result<Vec<u8>, ShapeError> {
+    check_len("pack_u4", codes.len(), rows, k)?;
     let rb = row_bytes_4bit(k);
     let mut out = vec![0u8; rows * rb];
     for r in 0..rows {
@@ -91,40 +103,46 @@ pub fn pack_u4(codes: &[u8], rows: usize, k: usize) -> Vec<u8> {
             set_nibble(dst, j, c);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Unpacks padded packed signed rows back to `rows x k` codes.
-pub fn unpack_s4(packed: &[u8], rows: usize, k: usize) -> Vec<i8> {
+pub fn unpack_s4(packed: &[u8], rows: usize, k: usize) -> Result<Vec<i8>, ShapeError> {
     let rb = row_bytes_4bit(k);
+    check_len("unpack_s4", packed.len(), rows, rb)?;
     let mut out = Vec::with_capacity(rows * k);
     for r in 0..rows {
         let row = &packed[r * rb..(r + 1) * rb];
         out.extend((0..k).map(|j| get_s4(row, j)));
     }
-    out
+    Ok(out)
 }
 
 /// Unpacks padded packed unsigned rows back to `rows x k` codes.
-pub fn unpack_u4(packed: &[u8], rows: usize, k: usize) -> Vec<u8> {
+pub fn unpack_u4(packed: &[u8], rows: usize, k: usize) -> Result<Vec<u8>, ShapeError> {
     let rb = row_bytes_4bit(k);
+    check_len("unpack_u4", packed.len(), rows, rb)?;
     let mut out = Vec::with_capacity(rows * k);
     for r in 0..rows {
         let row = &packed[r * rb..(r + 1) * rb];
         out.extend((0..k).map(|j| get_u4(row, j)));
     }
-    out
+    Ok(out)
 }
 
 /// Copies `rows x k` 8-bit codes into rows padded to [`row_bytes_8bit`].
-pub fn pad_rows_8bit<T: Copy + Default>(codes: &[T], rows: usize, k: usize) -> Vec<T> {
-    assert_eq!(codes.len(), rows * k);
+pub fn pad_rows_8bit<T: Copy + Default>(
+    codes: &[T],
+    rows: usize,
+    k: usize,
+) -> Result<Vec<T>, ShapeError> {
+    check_len("pad_rows_8bit", codes.len(), rows, k)?;
     let rb = row_bytes_8bit(k);
     let mut out = vec![T::default(); rows * rb];
     for r in 0..rows {
         out[r * rb..r * rb + k].copy_from_slice(&codes[r * k..(r + 1) * k]);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -133,7 +151,7 @@ mod tests {
 
     #[test]
     fn nibble_order_is_low_first() {
-        let p = pack_s4(&[1, -2, 7], 1, 3);
+        let p = pack_s4(&[1, -2, 7], 1, 3).unwrap();
         assert_eq!(p.len(), ROW_ALIGN_BYTES);
         assert_eq!(p[0], 0x01 | (0x0e << 4));
         assert_eq!(p[1], 0x07);
@@ -143,8 +161,8 @@ mod tests {
     #[test]
     fn round_trip_all_codes() {
         let s: Vec<i8> = (0..70).map(|i| (i % 16) as i8 - 8).collect();
-        assert_eq!(unpack_s4(&pack_s4(&s, 2, 35), 2, 35), s);
+        assert_eq!(unpack_s4(&pack_s4(&s, 2, 35).unwrap(), 2, 35).unwrap(), s);
         let u: Vec<u8> = (0..66).map(|i| (i * 7 % 16) as u8).collect();
-        assert_eq!(unpack_u4(&pack_u4(&u, 3, 22), 3, 22), u);
+        assert_eq!(unpack_u4(&pack_u4(&u, 3, 22).unwrap(), 3, 22).unwrap(), u);
     }
 }

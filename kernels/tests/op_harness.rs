@@ -117,8 +117,8 @@ impl QCase {
                     Fill::Extreme => (vec![15; m * k], vec![-8; n * k]),
                 };
                 (
-                    pack::pack_u4(&a, m, k),
-                    pack::pack_s4(&b, n, k),
+                    pack::pack_u4(&a, m, k).unwrap(),
+                    pack::pack_s4(&b, n, k).unwrap(),
                     pack::row_bytes_4bit(k),
                 )
             }
@@ -131,8 +131,8 @@ impl QCase {
                     Fill::Extreme => (vec![255; m * k], vec![(-128i8) as u8; n * k]),
                 };
                 (
-                    pack::pad_rows_8bit(&a, m, k),
-                    pack::pad_rows_8bit(&b, n, k),
+                    pack::pad_rows_8bit(&a, m, k).unwrap(),
+                    pack::pad_rows_8bit(&b, n, k).unwrap(),
                     pack::row_bytes_8bit(k),
                 )
             }
@@ -333,11 +333,17 @@ impl BData {
             Enc::U8 => BData::U8((0..k * rs).map(|_| rng.int(0, 255) as u8).collect(), rs),
             Enc::S4 => {
                 let codes: Vec<i8> = (0..k * n).map(|_| rng.int(-8, 7) as i8).collect();
-                BData::S4(pack::pack_s4(&codes, k, n), pack::row_bytes_4bit(n))
+                BData::S4(
+                    pack::pack_s4(&codes, k, n).unwrap(),
+                    pack::row_bytes_4bit(n),
+                )
             }
             Enc::U4 => {
                 let codes: Vec<u8> = (0..k * n).map(|_| rng.int(0, 15) as u8).collect();
-                BData::U4(pack::pack_u4(&codes, k, n), pack::row_bytes_4bit(n))
+                BData::U4(
+                    pack::pack_u4(&codes, k, n).unwrap(),
+                    pack::row_bytes_4bit(n),
+                )
             }
         }
     }

@@ -143,7 +143,7 @@ impl Model {
         let mut ctx = Ctx {
             model: self,
             n,
-            qw: self.quantize_weights(),
+            qw: self.quantize_weights()?,
             stats: vec![None; self.graph.nodes.len()],
             frozen_bn: false,
         };
@@ -230,7 +230,7 @@ impl Model {
         let mut ctx = Ctx {
             model,
             n,
-            qw: model.quantize_weights(),
+            qw: model.quantize_weights()?,
             stats: vec![None; nodes.len()],
             frozen_bn,
         };
@@ -300,7 +300,7 @@ impl Model {
         // pending quantizer from its input as it is reached.
         let nodes = self.graph.nodes.clone();
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
-        let mut qw = self.quantize_weights();
+        let mut qw = self.quantize_weights()?;
         for i in 0..nodes.len() {
             if let (Op::Act { input, .. }, Slots::Act { q }) = (&nodes[i], self.slots[i].clone()) {
                 if let Some(Value::F32(x)) = &vals[*input] {

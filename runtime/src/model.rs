@@ -304,7 +304,7 @@ impl Model {
     }
 
     /// Quantizes every conv and linear layer's latent weights for one pass.
-    pub fn quantize_weights(&self) -> Vec<Option<QWeights>> {
+    pub fn quantize_weights(&self) -> Result<Vec<Option<QWeights>>, PassError> {
         self.graph
             .nodes
             .iter()
@@ -317,28 +317,28 @@ impl Model {
                     (Slots::Linear { w, wq, kind, .. }, Op::Linear { out, prec, .. }) => {
                         (*w, *wq, *kind, *out, *prec)
                     }
-                    _ => return None,
+                    _ => return Ok(None),
                 };
                 let wl = &self.params[w].data;
-                let kdim = wl.len() / cout;
-                Some(match prec {
+                let kdim = wl.len() / cout.max(1);
+                Ok(Some(match prec {
                     _ if kind == WeightQuant::None => QWeights::F32(wl.clone()),
                     Precision::Int4 => {
                         let q = weight::quantize(kind, &self.params[wq].data, wl, cout);
                         QWeights::Int4 {
-                            packed: pack::pack_s4(&q.codes, cout, kdim),
+                            packed: pack::pack_s4(&q.codes, cout, kdim)?,
                             scale: q.scale,
                         }
                     }
                     _ => {
                         let q = weight::quantize(kind, &self.params[wq].data, wl, cout);
-                        let rows: Vec<i8> = pack::pad_rows_8bit(&q.codes, cout, kdim);
+                        let rows: Vec<i8> = pack::pad_rows_8bit(&q.codes, cout, kdim)?;
                         QWeights::Int8 {
                             rows: bytemuck::cast_slice(&rows).to_vec(),
                             scale: q.scale,
                         }
                     }
-                })
+                }))
             })
             .collect()
     }

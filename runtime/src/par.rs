@@ -52,12 +52,16 @@ pub fn map<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R>
     let f = &f;
     std::thread::scope(|s| {
         let mut items = items;
-        let last = items.pop().expect("at least two items");
+        let Some(last) = items.pop() else {
+            return Vec::new();
+        };
         let hs: Vec<_> = items.into_iter().map(|it| s.spawn(move || f(it))).collect();
         let r_last = f(last);
         let mut out: Vec<R> = hs
             .into_iter()
-            .map(|h| h.join().expect("worker thread panicked"))
+            // A worker's panic (a bug) keeps unwinding in the caller, where the
+            // C ABI's boundary catches it.
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect();
         out.push(r_last);
         out

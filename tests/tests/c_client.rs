@@ -115,7 +115,8 @@ fn c_client_runs_the_whole_flow() {
             "--show-leak-kinds=definite,indirect",
         ])
         .arg(&exe)
-        .args(args(dir.path()));
+        .args(args(dir.path()))
+        .env("QMUL_CLIENT_QUICK", "1");
         let err = run(v);
         println!(
             "{}",

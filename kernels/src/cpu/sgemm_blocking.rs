@@ -485,10 +485,10 @@ pub(crate) mod testing {
                     // The layout the model stores: rows padded by `pack`.
                     if enc == 3 {
                         let codes: Vec<i8> = (0..k * n).map(|_| rng.below(16) as i8 - 8).collect();
-                        BStore::S4(pack_s4(&codes, k, n), row_bytes_4bit(n))
+                        BStore::S4(pack_s4(&codes, k, n).unwrap(), row_bytes_4bit(n))
                     } else {
                         let codes: Vec<u8> = (0..k * n).map(|_| rng.below(16) as u8).collect();
-                        BStore::U4(pack_u4(&codes, k, n), row_bytes_4bit(n))
+                        BStore::U4(pack_u4(&codes, k, n).unwrap(), row_bytes_4bit(n))
                     }
                 }
                 _ => {

@@ -1,6 +1,6 @@
 //! The C ABI: a thin layer over [`crate::session`], for apps in C, Swift,
 //! Kotlin/JNI or Python ctypes. `include/qmul.h` is generated from this module
-//! by cbindgen (`QMUL_BLESS=1 cargo test -p qmul-runtime --test header`) and a
+//! by cbindgen (`QMUL_BLESS=1 cargo test -p qmul-tests --test header`) and a
 //! test fails when it is stale. `docs/c-api.md` is the guide.
 //!
 //! Conventions, the same for every function:
@@ -375,4 +375,72 @@ unsafe fn free_handle<T>(p: *mut *mut T) {
 /// Hands a new handle to the caller through `out`.
 fn give<T>(out_ptr: &mut *mut T, v: T) {
     *out_ptr = Box::into_raw(Box::new(v));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: qmul_last_error returns a NUL-terminated string.
+        unsafe { CStr::from_ptr(qmul_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn panics_become_internal_errors_and_messages_are_kept_per_thread() {
+        let code = guard(|| panic!("boom"));
+        assert_eq!(code, qmul_status::QMUL_ERR_INTERNAL as i32);
+        assert!(last().contains("boom"), "{}", last());
+        let code = guard(|| Err(Error::new(ErrorKind::BudgetExceeded, "too big")));
+        assert_eq!(code, 400);
+        assert_eq!(last(), "too big");
+        // Another thread has its own message.
+        std::thread::spawn(|| assert_eq!(last(), ""))
+            .join()
+            .unwrap();
+        assert_eq!(guard(|| Ok(())), 0);
+        assert_eq!(last(), "", "a success clears the message");
+        // Long messages are cut to the buffer, at a character boundary.
+        let long = "é".repeat(2000);
+        guard(|| Err(Error::invalid(long)));
+        assert!(last().len() < ERROR_CAPACITY && last().starts_with("éé"));
+    }
+
+    #[test]
+    fn params_are_read_up_to_their_struct_size() {
+        #[derive(Clone, Copy, PartialEq, Debug)]
+        #[repr(C)]
+        struct P {
+            struct_size: u32,
+            a: u32,
+            b: u64,
+        }
+        let d = P {
+            struct_size: 16,
+            a: 1,
+            b: 2,
+        };
+        // An older caller's struct without `b`: `b` keeps its default.
+        let old = P {
+            struct_size: 8,
+            a: 7,
+            b: 99,
+        };
+        // SAFETY: `old` is a valid P.
+        let got = unsafe { read_params(&old, d, 8, "p") }.unwrap();
+        assert_eq!((got.a, got.b), (7, 2));
+        let bad = P {
+            struct_size: 3,
+            ..old
+        };
+        // SAFETY: as above.
+        assert!(unsafe { read_params(&bad, d, 8, "p") }.is_err());
+        // SAFETY: NULL means the defaults.
+        assert_eq!(
+            unsafe { read_params(std::ptr::null(), d, 8, "p") }.unwrap(),
+            d
+        );
+    }
 }

@@ -39,7 +39,9 @@ fn check_finite(model: &Model) -> Result<(), ModelFileError> {
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
     check_finite(model)?;
     let mut out: BTreeMap<String, Out> = BTreeMap::new();
-    let qw = model.quantize_weights();
+    let qw = model
+        .quantize_weights()
+        .map_err(|e| ModelFileError::Unwritable(e.to_string()))?;
     for (i, op) in model.graph.nodes.iter().enumerate() {
         let name = op.name().unwrap_or_default().to_string();
         match &model.slots[i] {

@@ -216,7 +216,7 @@ mod tests {
             let len = n * h * h * cin;
             let codes: Vec<u8> = (0..len).map(|_| r.below(16) as u8).collect();
             let xf: Vec<f32> = codes.iter().map(|&c| c as f32).collect();
-            let packed = pack::pack_u4(&codes, 1, len);
+            let packed = pack::pack_u4(&codes, 1, len).unwrap();
             let u4 = im2col_u4(&g, &packed);
             let u8c = im2col_u8(&g, &codes);
             let f = im2col_f32(&g, &xf);

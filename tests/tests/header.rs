@@ -1,10 +1,10 @@
 //! `include/qmul.h` is generated from the C ABI by cbindgen and checked in;
 //! this test fails when it is stale. Regenerate it with
-//! `QMUL_BLESS=1 cargo test -p qmul-runtime --test header`.
+//! `QMUL_BLESS=1 cargo test -p qmul-tests --test header`.
 
 #[test]
 fn checked_in_header_matches_the_c_abi() {
-    let dir = env!("CARGO_MANIFEST_DIR");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime");
     let config = cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")).unwrap();
     let mut generated = Vec::new();
     cbindgen::Builder::new()
@@ -20,6 +20,6 @@ fn checked_in_header_matches_the_c_abi() {
     let checked_in = std::fs::read(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "include/qmul.h is stale: run QMUL_BLESS=1 cargo test -p qmul-runtime --test header"
+        "include/qmul.h is stale: run QMUL_BLESS=1 cargo test -p qmul-tests --test header"
     );
 }
