@@ -3,7 +3,6 @@
 //!
 //! See ARCHITECTURE.md at the repository root for how the modules fit together.
 
-pub mod capi;
 pub mod data;
 pub mod durable;
 pub mod error;

@@ -83,6 +83,15 @@ fn small_model(scheme: QuantScheme) -> Vec<u8> {
     model_file::to_bytes(&m).unwrap()
 }
 
+/// Prints a figure and keeps it in `target/tmp/figures/` for `.ci/run` to show.
+fn figure(text: &str, name: &str) {
+    println!("{text}");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("figures");
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n"));
+    }
+}
+
 /// Recomputes the data checksum of a (mutated) file whose header still parses.
 fn reseal(bytes: &[u8]) -> Option<Vec<u8>> {
     let hlen = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
@@ -245,10 +254,10 @@ fn mutated_model_files_are_errors_never_panics() {
             model_file::to_bytes(&model).unwrap();
         }
     }
-    println!(
-        "{files} mutated model files ({deep} resealed past the checksum): {accepted} loaded, {} rejected, no panic",
+    figure(&format!(
+        "mutation: {files} mutated model files ({deep} resealed past the checksum): {accepted} loaded, {} rejected, no panic",
         files - accepted
-    );
+    ), "mutation_models");
     assert!(accepted < files / 2, "most mutations must be rejected");
 }
 
@@ -334,8 +343,8 @@ fn mutated_data_files_and_receipt_logs_are_errors_never_panics() {
         }
         counts[i % 4] += 1;
     }
-    println!(
-        "mutated: {} idx image+label pairs, {} CIFAR-10+100 batches, {} receipt logs, {} gzip streams; no panic",
+    figure(&format!(
+        "mutation: {} idx image+label pairs, {} CIFAR-10+100 batches, {} receipt logs, {} gzip streams; no panic",
         counts[0], counts[1], counts[2], counts[3]
-    );
+    ), "mutation_data");
 }

@@ -44,11 +44,11 @@ cargo test -p qmul-runtime --target aarch64-unknown-linux-gnu --lib \
 # The C client, cross-compiled against the aarch64 static library.
 echo "== aarch64 (qemu -cpu max): C client"
 target_dir=${CARGO_TARGET_DIR:-target}
-cargo build -p qmul-runtime --lib --target aarch64-unknown-linux-gnu
+cargo build -p qmul-capi --lib --target aarch64-unknown-linux-gnu
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 aarch64-linux-gnu-gcc -std=c11 -D_DEFAULT_SOURCE -Wall -Wextra -Werror -O1 -I include \
-    tests/c/client.c "$target_dir/aarch64-unknown-linux-gnu/debug/libqmul_runtime.a" \
+    tests/c/client.c "$target_dir/aarch64-unknown-linux-gnu/debug/libqmul.a" \
     -lpthread -ldl -lm -o "$work/client"
 cp models/checkpoints/fmnist-subset-r18w8-pact.qmul "$work/model.qmul"
 d=data/fashion-mnist-subset

@@ -55,7 +55,7 @@ fn data(n: usize, len: usize, seed: u64) -> (Vec<u8>, Vec<u32>) {
     (images, labels)
 }
 
-fn check(what: &str, m: &MemoryReport, worst: &mut f64) {
+fn check(what: &str, m: &MemoryReport, worst: &mut f64, lines: &mut Vec<String>) {
     let measured = m
         .measured
         .expect("the tests build with the counting allocator");
@@ -66,16 +66,17 @@ fn check(what: &str, m: &MemoryReport, worst: &mut f64) {
     );
     let ratio = m.planned as f64 / measured.max(1) as f64;
     *worst = worst.max(ratio);
-    println!(
+    lines.push(format!(
         "{what:<44} planned {:>10} measured {:>10} (x{ratio:.2})",
         m.planned, measured
-    );
+    ));
 }
 
 #[test]
 fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
     assert!(alloc::counting());
     let mut worst = 0.0f64;
+    let mut lines = Vec::new();
     let salun = Method::Salun {
         sparsity: 0.5,
         variant: Variant::Sequential,
@@ -111,11 +112,12 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
             &format!("{tag} unlearn {} b{batch}", method.name()),
             &mem,
             &mut worst,
+            &mut lines,
         );
         let (_, mem) = s.predict(&ti[..8 * len], 8).unwrap();
-        check(&format!("{tag} predict 8"), &mem, &mut worst);
+        check(&format!("{tag} predict 8"), &mem, &mut worst, &mut lines);
         let (_, mem) = s.evaluate(Which::Unlearned).unwrap();
-        check(&format!("{tag} evaluate"), &mem, &mut worst);
+        check(&format!("{tag} evaluate"), &mem, &mut worst, &mut lines);
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("m.qmul");
         let c = s
@@ -125,7 +127,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
                 request: None,
             })
             .unwrap();
-        check(&format!("{tag} commit"), &c.memory, &mut worst);
+        check(&format!("{tag} commit"), &c.memory, &mut worst, &mut lines);
     }
     // The automatic batch: the largest that fits, and the run stays inside.
     let open = model(QuantScheme::Pact, 8, 28, 1);
@@ -150,12 +152,13 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
                     &format!("auto batch {b} within {extra_mib} MiB"),
                     &m,
                     &mut worst,
+                    &mut lines,
                 );
                 assert!(m.resident + m.measured.unwrap() <= budget);
             }
             Err(e) => {
                 assert_eq!(e.kind, ErrorKind::BudgetExceeded, "{e}");
-                println!("{extra_mib} MiB: {e}");
+                lines.push(format!("{extra_mib} MiB: {e}"));
             }
         }
     }
@@ -171,6 +174,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
     assert!(s.unlearned().is_none());
     let e = Session::new(open, 1000).unwrap_err();
     assert_eq!(e.kind, ErrorKind::BudgetExceeded);
-    println!("largest planned/measured ratio: {worst:.2}");
+    lines.push(format!("largest planned/measured ratio: {worst:.2}"));
+    qmul_tests::figure!("budget", &lines.join("\n"));
     assert!(worst < 4.0, "plans should be tight enough to be useful");
 }

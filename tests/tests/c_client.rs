@@ -10,15 +10,15 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The runtime's static library, built now in this test's profile directory
-/// (cargo builds only the rlib of a dependency, not its C library).
+/// The C library (`qmul-capi`'s `libqmul.a`), built now in this test's
+/// profile directory.
 fn staticlib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = profile_dir.parent().unwrap();
     let o = Command::new(cargo)
-        .args(["build", "-p", "qmul-runtime", "--lib", "--target-dir"])
+        .args(["build", "-p", "qmul-capi", "--lib", "--target-dir"])
         .arg(target_dir)
         .current_dir(repo())
         .output()
@@ -28,7 +28,7 @@ fn staticlib() -> PathBuf {
         "building the static library failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    profile_dir.join("libqmul_runtime.a")
+    profile_dir.join("libqmul.a")
 }
 
 fn build(dir: &Path) -> Option<PathBuf> {
@@ -85,11 +85,11 @@ fn args(dir: &Path) -> Vec<PathBuf> {
     ]
 }
 
-fn run(mut cmd: Command) -> String {
+fn run(mut cmd: Command, name: &str) -> String {
     let o = cmd.output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    println!("{out}");
+    qmul_tests::figure!(name, out.trim_end());
     assert!(
         o.status.success() && out.contains("C CLIENT OK"),
         "the C client failed:\n{out}\n{err}"
@@ -105,7 +105,7 @@ fn c_client_runs_the_whole_flow() {
     };
     let mut c = Command::new(&exe);
     c.args(args(dir.path()));
-    run(c);
+    run(c, "c_client");
     if std::env::var_os("QMUL_C_CLIENT_VALGRIND").is_some() {
         let mut v = Command::new("valgrind");
         v.args([
@@ -117,17 +117,21 @@ fn c_client_runs_the_whole_flow() {
         .arg(&exe)
         .args(args(dir.path()))
         .env("QMUL_CLIENT_QUICK", "1");
-        let err = run(v);
-        println!(
-            "{}",
-            err.lines()
-                .filter(|l| l.contains("ERROR SUMMARY")
-                    || l.contains("definitely lost")
-                    || l.contains("indirectly lost")
-                    || l.contains("in use at exit"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        let err = run(v, "c_client_valgrind_stdout");
+        let summary: Vec<&str> = err
+            .lines()
+            .filter(|l| {
+                [
+                    "ERROR SUMMARY",
+                    "definitely lost",
+                    "indirectly lost",
+                    "in use at exit",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect();
+        qmul_tests::figure!("c_client_valgrind", &summary.join("\n"));
         assert!(
             err.contains("ERROR SUMMARY: 0 errors"),
             "valgrind found errors:\n{err}"

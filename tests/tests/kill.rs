@@ -154,12 +154,16 @@ fn sigkill_during_unlearning_and_commit_never_leaves_a_broken_model() {
             "trial {trial}: temporary files left: {left:?}"
         );
     }
-    println!(
-        "{trials} SIGKILL trials over {:.2}s runs: the file held the original model {} times, \
-         commit 1/2/3 {:?} times; {torn} torn receipt tails ignored; always loadable, no temporary file left",
-        full.as_secs_f64(),
-        seen[0],
-        &seen[1..]
+    qmul_tests::figure!(
+        "kill",
+        &format!(
+            "kill test: {trials} SIGKILL trials over {:.2}s runs: the file held the original model {} times, \
+             commit 1/2/3 {:?} times; {torn} torn receipt tails ignored; always loadable, bit-exact, \
+             no temporary file left",
+            full.as_secs_f64(),
+            seen[0],
+            &seen[1..]
+        ),
     );
     assert!(
         seen[0] > 0 && seen[1..].iter().sum::<usize>() > 0,

@@ -249,6 +249,9 @@ pub struct MemoryReport {
 pub struct UnlearnReport {
     pub method: String,
     pub config: Config,
+    /// The settings as the receipt records them (the config, or what an
+    /// adopted model's maker says it did).
+    pub params: serde_json::Value,
     pub logs: Vec<EpochLog>,
     pub seconds: f64,
     pub memory: MemoryReport,
@@ -719,6 +722,7 @@ impl Session {
         })?;
         let report = UnlearnReport {
             method: cfg.method.name(),
+            params: serde_json::to_value(&cfg).unwrap_or_default(),
             config: cfg,
             logs: out.logs,
             seconds: t0.elapsed().as_secs_f64(),
@@ -854,9 +858,7 @@ impl Session {
             forget_source: forget.map(|f| f.source().to_string()).unwrap_or_default(),
             request: request.map(str::to_string),
             method: report.map(|r| r.method.clone()).unwrap_or_default(),
-            params: report
-                .and_then(|r| serde_json::to_value(&r.config).ok())
-                .unwrap_or_default(),
+            params: report.map(|r| r.params.clone()).unwrap_or_default(),
             before: v.before,
             after: v.after,
             model_path: path.display().to_string(),

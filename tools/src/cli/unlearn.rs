@@ -236,6 +236,7 @@ pub fn run(
             cfg.seed = a.seed;
             let report = UnlearnReport {
                 method: "retrain".into(),
+                params: serde_json::json!({ "method": "retrain", "epochs": tcfg.epochs, "lr": tcfg.lr, "batch": tcfg.batch, "seed": a.seed }),
                 config: cfg,
                 logs: Vec::new(),
                 seconds: t0.elapsed().as_secs_f64(),
@@ -250,11 +251,7 @@ pub fn run(
     let (_, report) = session
         .unlearned()
         .ok_or("the session holds no unlearned model")?;
-    let config = if report.method == "retrain" {
-        serde_json::json!({ "method": "retrain", "epochs": report.config.epochs, "lr": report.config.lr, "batch": report.config.batch, "seed": a.seed })
-    } else {
-        serde_json::to_value(&report.config).unwrap_or_default()
-    };
+    let config = report.params.clone();
     let (logs, memory) = (report.logs.clone(), report.memory);
     Ok(Outcome {
         session,

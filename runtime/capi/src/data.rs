@@ -2,13 +2,13 @@
 //! MNIST-style idx files (gzipped or raw) and CIFAR-10/100 binary batches.
 
 use super::{arg, free_handle, give, guard, out, slice, text};
-use crate::data::{cifar, idx, CifarKind, Dataset};
-use crate::error::{Error, ErrorKind};
+use qmul_runtime::data::{cifar, idx, CifarKind, Dataset};
+use qmul_runtime::error::{Error, ErrorKind};
 use std::ffi::c_char;
 use std::path::Path;
 
 /// A data set in memory (opaque). Immutable: threads may share it.
-pub struct qmul_dataset(pub(crate) Dataset);
+pub struct qmul_dataset(pub Dataset);
 
 /// Reads an idx image file and its label file (`classes` classes; labels
 /// outside are an error).

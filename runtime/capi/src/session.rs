@@ -11,9 +11,11 @@ use super::{
     arg, fill_text, free_handle, give, guard, out, read_params, slice, slice_mut, text,
     write_result,
 };
-use crate::error::{Error, ErrorKind, Result};
-use crate::session::{pixels_from_f32, Canceller, CommitTarget, Session, UnlearnParams, Which};
-use crate::unlearn::{Method, Phase, Relabel, Variant};
+use qmul_runtime::error::{Error, ErrorKind, Result};
+use qmul_runtime::session::{
+    pixels_from_f32, Canceller, CommitTarget, Session, UnlearnParams, Which,
+};
+use qmul_runtime::unlearn::{Method, Phase, Relabel, Variant};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -646,7 +648,7 @@ pub unsafe extern "C" fn qmul_session_unlearn(
         up.seed = p.seed;
         up.momentum = p.momentum;
         up.weight_decay = p.weight_decay;
-        let mut cb = |pr: &crate::session::Progress| match progress {
+        let mut cb = |pr: &qmul_runtime::session::Progress| match progress {
             None => true,
             Some(f) => {
                 let c = qmul_progress {

@@ -4,14 +4,14 @@
 //! while they live.
 
 use super::{arg, fill_text, free_handle, give, guard, out, slice, text, write_result};
-use crate::graph::QuantScheme;
-use crate::model_file::Integrity;
-use crate::session::OpenModel;
+use qmul_runtime::graph::QuantScheme;
+use qmul_runtime::model_file::Integrity;
+use qmul_runtime::session::OpenModel;
 use std::ffi::c_char;
 use std::sync::Arc;
 
 /// An opened, validated model (opaque).
-pub struct qmul_model(pub(crate) Arc<OpenModel>);
+pub struct qmul_model(pub Arc<OpenModel>);
 
 /// What a model is. Set `struct_size` before the call.
 #[repr(C)]

@@ -1,8 +1,8 @@
 //! Deletion receipts: verify a log and read its records (size query, then copy).
 
 use super::{copy_out, guard, out, text, write_result};
-use crate::error::{Error, ErrorKind};
-use crate::session::receipt;
+use qmul_runtime::error::{Error, ErrorKind};
+use qmul_runtime::session::receipt;
 use std::ffi::c_char;
 use std::path::Path;
 

@@ -1,5 +1,6 @@
-//! The C ABI: a thin layer over [`crate::session`], for apps in C, Swift,
-//! Kotlin/JNI or Python ctypes. `include/qmul.h` is generated from this module
+//! The C ABI of qmul (`libqmul.a`, `libqmul.so`): a thin layer over
+//! [`qmul_runtime::session`], for apps in C, Swift, Kotlin/JNI or Python ctypes.
+//! `include/qmul.h` is generated from this crate
 //! by cbindgen (`QMUL_BLESS=1 cargo test -p qmul-tests --test header`) and a
 //! test fails when it is stale. `docs/c-api.md` is the guide.
 //!
@@ -25,7 +26,7 @@ pub mod model;
 pub mod receipts;
 pub mod session;
 
-use crate::error::{Error, ErrorKind};
+use qmul_runtime::error::{Error, ErrorKind};
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
