@@ -9,10 +9,8 @@
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::error::ErrorKind;
 use qmul_runtime::rng::Rng;
-use qmul_runtime::session::{
-    alloc, CommitTarget, MemoryReport, OpenModel, Session, UnlearnParams, Which,
-};
-use qmul_runtime::unlearn::{Method, Variant};
+use qmul_runtime::session::{alloc, CommitTarget, MemoryReport, OpenModel, Session, Which};
+use qmul_runtime::unlearn::{Config, Method, Variant};
 use qmul_runtime::{InitOptions, Model, QuantScheme};
 use std::sync::Arc;
 
@@ -102,7 +100,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
         s.set_retain(&ri, &rl).unwrap();
         s.set_test(&ti, &tl).unwrap();
         let tag = format!("{}/w{width}/{side}x{side}x{c}", scheme.name());
-        let mut p = UnlearnParams::new(method.clone());
+        let mut p = Config::new(method.clone());
         p.epochs = 1;
         p.batch = batch;
         p.lr = 0.01;
@@ -140,7 +138,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
         let mut s = Session::new(open.clone(), budget).unwrap();
         s.set_forget(&fi, &fl).unwrap();
         s.set_retain(&ri, &rl).unwrap();
-        let mut p = UnlearnParams::new(Method::qmul(10));
+        let mut p = Config::new(Method::qmul(10));
         p.epochs = 1;
         p.batch = 0;
         match s.unlearn(&p, &mut |_| true) {
@@ -166,7 +164,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
     let mut s = Session::new(open.clone(), base + (200 << 10)).unwrap();
     s.set_forget(&fi[..784 * 8], &fl[..8]).unwrap();
     s.set_retain(&ri[..784 * 8], &rl[..8]).unwrap();
-    let mut p = UnlearnParams::new(Method::qmul(10));
+    let mut p = Config::new(Method::qmul(10));
     p.batch = 64;
     let e = s.unlearn(&p, &mut |_| true).unwrap_err();
     assert_eq!(e.kind, ErrorKind::BudgetExceeded);

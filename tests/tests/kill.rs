@@ -7,8 +7,8 @@
 //! and after the next open no temporary file may be left.
 
 use qmul_runtime::rng::Rng;
-use qmul_runtime::session::{receipt, CommitTarget, OpenModel, Session, UnlearnParams};
-use qmul_runtime::unlearn::Method;
+use qmul_runtime::session::{receipt, CommitTarget, OpenModel, Session};
+use qmul_runtime::unlearn::{Config, Method};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ fn child_work(path: &Path, receipts: &Path, record: Option<&Path>) {
         s.set_forget(&fi, &fl).unwrap();
         s.set_retain(&ri, &rl).unwrap();
         s.set_test(&ti, &tl).unwrap();
-        let mut p = UnlearnParams::new(Method::qmul(10));
+        let mut p = Config::new(Method::qmul(10));
         p.epochs = 1;
         p.batch = 16;
         p.lr = 0.05;

@@ -154,15 +154,13 @@ unsafe fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Error> {
     unsafe { p.as_mut() }.ok_or_else(|| null(what))
 }
 
-/// A slice from a pointer and a length; NULL is allowed only for length 0.
-///
-/// # Safety
-/// A non-NULL `p` points to `len` valid elements.
-unsafe fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], Error> {
+/// A buffer of `len` elements at `p` may be formed: NULL only for length 0,
+/// and no more bytes than a slice may span. `Ok(false)`: the empty slice.
+fn check_buffer<T>(is_null: bool, len: usize, what: &str) -> Result<bool, Error> {
     if len == 0 {
-        return Ok(&[]);
+        return Ok(false);
     }
-    if p.is_null() {
+    if is_null {
         return Err(null(what));
     }
     if len
@@ -174,7 +172,18 @@ unsafe fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], E
             format!("{what}: length {len} is impossible"),
         ));
     }
-    // SAFETY: the caller's contract; NULL and the size bound are checked here.
+    Ok(true)
+}
+
+/// A slice from a pointer and a length; NULL is allowed only for length 0.
+///
+/// # Safety
+/// A non-NULL `p` points to `len` valid elements.
+unsafe fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], Error> {
+    if !check_buffer::<T>(p.is_null(), len, what)? {
+        return Ok(&[]);
+    }
+    // SAFETY: the caller's contract; NULL and the size bound are checked above.
     Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
@@ -183,22 +192,10 @@ unsafe fn slice<'a, T>(p: *const T, len: usize, what: &str) -> Result<&'a [T], E
 /// # Safety
 /// A non-NULL `p` points to `len` writable elements.
 unsafe fn slice_mut<'a, T>(p: *mut T, len: usize, what: &str) -> Result<&'a mut [T], Error> {
-    if len == 0 {
+    if !check_buffer::<T>(p.is_null(), len, what)? {
         return Ok(&mut []);
     }
-    if p.is_null() {
-        return Err(null(what));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .is_none_or(|b| b > isize::MAX as usize)
-    {
-        return Err(Error::new(
-            ErrorKind::BufferSize,
-            format!("{what}: length {len} is impossible"),
-        ));
-    }
-    // SAFETY: the caller's contract; NULL and the size bound are checked here.
+    // SAFETY: the caller's contract; NULL and the size bound are checked above.
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 

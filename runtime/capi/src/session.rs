@@ -12,10 +12,8 @@ use super::{
     write_result,
 };
 use qmul_runtime::error::{Error, ErrorKind, Result};
-use qmul_runtime::session::{
-    pixels_from_f32, Canceller, CommitTarget, Session, UnlearnParams, Which,
-};
-use qmul_runtime::unlearn::{Method, Phase, Relabel, Variant};
+use qmul_runtime::session::{pixels_from_f32, Canceller, CommitTarget, Session, Which};
+use qmul_runtime::unlearn::{Config, Method, Phase, Relabel, Variant};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -210,7 +208,7 @@ fn method_of(code: i32, variant: Variant, sparsity: f32, l1_gamma: f32) -> Resul
 #[no_mangle]
 pub extern "C" fn qmul_unlearn_default_params(method: i32) -> qmul_unlearn_params {
     let m = method_of(method, Variant::Sequential, 0.5, 5e-4).unwrap_or(Method::Ft);
-    let p = UnlearnParams::new(m);
+    let p = Config::new(m);
     qmul_unlearn_params {
         struct_size: UNLEARN_PARAMS_V1 as u32,
         method,
@@ -295,23 +293,30 @@ pub unsafe extern "C" fn qmul_session_free(session: *mut *mut qmul_session) {
     let _ = std::panic::catch_unwind(|| unsafe { free_handle(session) });
 }
 
-/// A set from buffers: `n` images (NHWC u8, `images_len == n * h * w * c`) and labels.
+/// Stores a set from buffers (`n` NHWC u8 images, `images_len` being
+/// `n * h * w * c`, and `n` labels) with one of the session's setters.
 ///
 /// # Safety
-/// `images` holds `images_len` bytes and `labels` `n` values.
-unsafe fn buffers<'a>(
+/// `session` is a live handle; `images` holds `images_len` bytes and `labels` `n` values.
+unsafe fn set_buffers(
+    session: *const qmul_session,
     images: *const u8,
     images_len: usize,
     labels: *const u32,
     n: usize,
-) -> Result<(&'a [u8], &'a [u32])> {
-    // SAFETY: the caller's contract.
-    unsafe {
-        Ok((
-            slice(images, images_len, "images")?,
-            slice(labels, n, "labels")?,
-        ))
-    }
+    set: fn(&mut Session, &[u8], &[u32]) -> Result<()>,
+) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let (s, i, l) = unsafe {
+            (
+                arg(session, "session")?,
+                slice(images, images_len, "images")?,
+                slice(labels, n, "labels")?,
+            )
+        };
+        set(&mut *s.lock()?, i, l)
+    })
 }
 
 /// The samples to forget, from buffers: `n` NHWC u8 images
@@ -327,16 +332,8 @@ pub unsafe extern "C" fn qmul_session_set_forget(
     labels: *const u32,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, (i, l)) = unsafe {
-            (
-                arg(session, "session")?,
-                buffers(images, images_len, labels, n)?,
-            )
-        };
-        s.lock()?.set_forget(i, l)
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { set_buffers(session, images, images_len, labels, n, Session::set_forget) }
 }
 
 /// The data to keep, from buffers (as `qmul_session_set_forget`).
@@ -351,16 +348,8 @@ pub unsafe extern "C" fn qmul_session_set_retain(
     labels: *const u32,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, (i, l)) = unsafe {
-            (
-                arg(session, "session")?,
-                buffers(images, images_len, labels, n)?,
-            )
-        };
-        s.lock()?.set_retain(i, l)
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { set_buffers(session, images, images_len, labels, n, Session::set_retain) }
 }
 
 /// Held-out data (TA, and the non-members of the membership attack), from buffers.
@@ -375,16 +364,8 @@ pub unsafe extern "C" fn qmul_session_set_test(
     labels: *const u32,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, (i, l)) = unsafe {
-            (
-                arg(session, "session")?,
-                buffers(images, images_len, labels, n)?,
-            )
-        };
-        s.lock()?.set_test(i, l)
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { set_buffers(session, images, images_len, labels, n, Session::set_test) }
 }
 
 /// The forget set as `n` distinct indices into a data set read from a file.
@@ -641,7 +622,7 @@ pub unsafe extern "C" fn qmul_session_unlearn(
             v => return Err(Error::invalid(format!("variant {v}: use 0, 1 or 2"))),
         };
         let method = method_of(p.method, variant, p.sparsity, p.l1_gamma)?;
-        let mut up = UnlearnParams::new(method);
+        let mut up = Config::new(method);
         up.epochs = p.epochs as usize;
         up.lr = p.lr;
         up.batch = p.batch as usize;

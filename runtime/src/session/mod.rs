@@ -24,7 +24,7 @@ use crate::metrics::{self, Scores};
 use crate::model::Model;
 use crate::model_file::{self, Integrity};
 use crate::samples::{self, Samples, EVAL_BATCH};
-use crate::unlearn::{self, Config, EpochLog, Method, Phase};
+use crate::unlearn::{self, Config, EpochLog, Phase};
 use plan::UnlearnShape;
 use receipt::Receipt;
 use sets::{SampleSet, SetShape};
@@ -186,47 +186,6 @@ pub fn pixels_from_f32(images: &[f32]) -> Result<Vec<u8>> {
         )));
     }
     Ok(images.iter().map(|&v| (v * 255.0).round() as u8).collect())
-}
-
-/// Settings of one unlearning request: a method and its schedule. `batch` 0
-/// asks the session for the largest batch (up to 256) its budget allows.
-#[derive(Clone, Debug, PartialEq)]
-pub struct UnlearnParams {
-    pub method: Method,
-    pub epochs: usize,
-    pub lr: f32,
-    pub batch: usize,
-    pub seed: u64,
-    pub momentum: f32,
-    pub weight_decay: f32,
-}
-
-impl UnlearnParams {
-    /// The method's reference settings (see `unlearn::Config::new`).
-    pub fn new(method: Method) -> Self {
-        let c = Config::new(method);
-        UnlearnParams {
-            method: c.method,
-            epochs: c.epochs,
-            lr: c.lr,
-            batch: c.batch,
-            seed: c.seed,
-            momentum: c.momentum,
-            weight_decay: c.weight_decay,
-        }
-    }
-
-    fn config(&self, batch: usize) -> Config {
-        Config {
-            method: self.method.clone(),
-            epochs: self.epochs,
-            lr: self.lr,
-            batch,
-            seed: self.seed,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-        }
-    }
 }
 
 /// Largest batch the automatic choice picks.
@@ -635,11 +594,7 @@ impl Session {
 
     /// The batch a run uses: the one asked for, or (0) the largest up to
     /// [`AUTO_BATCH_MAX`] whose plan fits beside what the session holds.
-    fn plan_unlearn(
-        &self,
-        p: &UnlearnParams,
-        shape: UnlearnShape,
-    ) -> Result<(usize, MemoryReport)> {
+    fn plan_unlearn(&self, p: &Config, shape: UnlearnShape) -> Result<(usize, MemoryReport)> {
         let m = self.current.model();
         let cost = plan::unlearn(m, shape);
         let resident = self.resident();
@@ -677,13 +632,14 @@ impl Session {
         ))
     }
 
-    /// Runs an unlearning method on the current model. `progress` is called
-    /// after every batch of every pass and cancels by returning `false`; so
-    /// does [`Canceller::cancel`]. An uncommitted earlier result is discarded
-    /// first. On error nothing else changes.
+    /// Runs an unlearning method on the current model. `p.batch` 0 asks for
+    /// the largest batch (up to [`AUTO_BATCH_MAX`]) the budget allows.
+    /// `progress` is called after every batch of every pass and cancels by
+    /// returning `false`; so does [`Canceller::cancel`]. An uncommitted earlier
+    /// result is discarded first. On error nothing else changes.
     pub fn unlearn(
         &mut self,
-        p: &UnlearnParams,
+        p: &Config,
         progress: &mut dyn FnMut(&Progress) -> bool,
     ) -> Result<&UnlearnReport> {
         self.cancel.store(false, Ordering::SeqCst);
@@ -703,7 +659,11 @@ impl Session {
             None if needs_retain => return Err(Error::invalid("no retain set: set one first")),
             None => empty,
         };
-        p.config(p.batch.max(1)).check()?;
+        Config {
+            batch: p.batch.max(1),
+            ..p.clone()
+        }
+        .check()?;
         self.candidate = None;
         let shape = UnlearnShape {
             forget: f.len(),
@@ -712,7 +672,7 @@ impl Session {
             similar_labels: p.method.uses_similar_labels(),
         };
         let (batch, mem) = self.plan_unlearn(p, shape)?;
-        let cfg = p.config(batch);
+        let cfg = Config { batch, ..p.clone() };
         let cancel = self.cancel.clone();
         let started_unix = now_unix();
         let t0 = Instant::now();

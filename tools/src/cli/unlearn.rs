@@ -10,8 +10,7 @@ use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_runtime::metrics::Scores;
 use qmul_runtime::session::{
-    CommitReport, CommitTarget, MemoryReport, OpenModel, Session, UnlearnParams, UnlearnReport,
-    Which,
+    CommitReport, CommitTarget, MemoryReport, OpenModel, Session, UnlearnReport, Which,
 };
 use qmul_runtime::unlearn::{self, Config, Method, Relabel, Variant};
 use qmul_runtime::{InitOptions, Model};
@@ -174,7 +173,7 @@ pub fn run(
     let t0 = Instant::now();
     match method {
         Some(method) => {
-            let mut p = UnlearnParams::new(method);
+            let mut p = Config::new(method);
             p.epochs = a.epochs.unwrap_or(p.epochs);
             p.lr = a.lr.unwrap_or(p.lr);
             p.batch = a.batch;
