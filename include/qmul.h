@@ -346,7 +346,8 @@ int32_t qmul_session_open(const struct qmul_model *model,
 void qmul_session_free(struct qmul_session **session);
 
 // The samples to forget, from buffers: `n` NHWC u8 images
-// (`images_len == n * h * w * c`) and `n` labels. The data are copied.
+// (`images_len == n * h * w * c`) and `n` labels. The data are copied. A new
+// forget or retain set discards an uncommitted unlearning result.
 //
 // # Safety
 // `session` is a live handle; `images` holds `images_len` bytes and `labels` `n` values.

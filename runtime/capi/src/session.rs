@@ -320,7 +320,8 @@ unsafe fn set_buffers(
 }
 
 /// The samples to forget, from buffers: `n` NHWC u8 images
-/// (`images_len == n * h * w * c`) and `n` labels. The data are copied.
+/// (`images_len == n * h * w * c`) and `n` labels. The data are copied. A new
+/// forget or retain set discards an uncommitted unlearning result.
 ///
 /// # Safety
 /// `session` is a live handle; `images` holds `images_len` bytes and `labels` `n` values.

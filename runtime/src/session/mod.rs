@@ -366,7 +366,9 @@ impl Session {
         self.current.set_shape()
     }
 
-    /// Stores a set if it fits the budget beside everything else held.
+    /// Stores a set if it fits the budget beside everything else held. A new
+    /// forget or retain set discards an uncommitted result: it was computed
+    /// from the old sets, and its receipt would name the wrong samples.
     fn store(&mut self, slot: Slot, set: SampleSet) -> Result<()> {
         let old = self.slot(slot).as_ref().map_or(0, SampleSet::bytes);
         let need = self.resident() - old + set.bytes();
@@ -375,7 +377,9 @@ impl Session {
         }
         *self.slot_mut(slot) = Some(set);
         self.baseline = None;
-        if let Some(c) = &mut self.candidate {
+        if matches!(slot, Slot::Forget | Slot::Retain) {
+            self.candidate = None;
+        } else if let Some(c) = &mut self.candidate {
             c.after = None;
         }
         Ok(())
@@ -879,5 +883,76 @@ impl Phase {
             Phase::GradientNorms => "gradient norms",
             Phase::Train => "train",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Graph, Op, Precision};
+    use crate::{InitOptions, Model};
+
+    fn tiny() -> Arc<OpenModel> {
+        let g = Graph {
+            nodes: vec![
+                Op::Input { h: 4, w: 4, c: 1 },
+                Op::Conv {
+                    name: "c".into(),
+                    input: 0,
+                    cout: 4,
+                    k: 3,
+                    stride: 1,
+                    pad: 1,
+                    prec: Precision::Int8,
+                },
+                Op::BatchNorm {
+                    name: "bn".into(),
+                    input: 1,
+                },
+                Op::Act {
+                    name: "a".into(),
+                    input: 2,
+                },
+                Op::GlobalAvgPool { input: 3 },
+                Op::Linear {
+                    name: "fc".into(),
+                    input: 4,
+                    out: 3,
+                    prec: Precision::Int8,
+                },
+            ],
+            scheme: QuantScheme::Pact,
+            classes: 3,
+        };
+        OpenModel::from_model(Model::new(g, InitOptions::default()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_result_never_outlives_the_sets_it_was_made_from() {
+        let mut s = Session::new(tiny(), u64::MAX).unwrap();
+        let (img, lab) = (vec![50u8; 6 * 16], vec![0u32, 1, 2, 0, 1, 2]);
+        s.set_forget(&img[..32], &lab[..2]).unwrap();
+        s.set_retain(&img, &lab).unwrap();
+        let mut p = Config::new(unlearn::Method::Ft);
+        p.epochs = 1;
+        p.batch = 2;
+        s.unlearn(&p, &mut |_| true).unwrap();
+        assert!(s.unlearned().is_some());
+        s.set_test(&img, &lab).unwrap();
+        assert!(s.unlearned().is_some(), "a new test set keeps the result");
+        s.set_forget(&img[..16], &lab[..1]).unwrap();
+        assert!(s.unlearned().is_none(), "a new forget set discards it");
+        let e = s.commit(&CommitTarget::default()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        // A cancelled run leaves the session without a result, and says so.
+        let canceller = s.canceller();
+        let e = s
+            .unlearn(&p, &mut |_| {
+                canceller.cancel();
+                true
+            })
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert!(s.unlearned().is_none());
     }
 }
