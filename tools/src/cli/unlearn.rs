@@ -109,16 +109,6 @@ pub struct Outcome {
     pub memory: MemoryReport,
 }
 
-impl Outcome {
-    /// The unlearned model.
-    pub fn model(&self) -> &Model {
-        self.session
-            .unlearned()
-            .map(|(m, _)| m)
-            .unwrap_or_else(|| self.session.model().model())
-    }
-}
-
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
