@@ -343,6 +343,27 @@ impl Model {
             .collect()
     }
 
+    /// The integer weight codes of every quantized layer (one byte per weight,
+    /// no padding), in layer order; f32 layers have none. Comparing two
+    /// snapshots counts the codes an update changed.
+    pub fn weight_codes(&self) -> Vec<Vec<i8>> {
+        self.slots
+            .iter()
+            .filter_map(|s| match *s {
+                Slots::Conv { w, wq, kind, .. } | Slots::Linear { w, wq, kind, .. }
+                    if kind != WeightQuant::None =>
+                {
+                    let cout = self.params[w].shape[0];
+                    Some(
+                        weight::quantize(kind, &self.params[wq].data, &self.params[w].data, cout)
+                            .codes,
+                    )
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Keeps every quantizer parameter in its valid range (after an optimiser step).
     pub fn clamp_quant_params(&mut self) {
         let scheme = self.graph.scheme;

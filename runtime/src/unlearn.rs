@@ -167,6 +167,19 @@ pub struct EpochLog {
     pub loss_forget: Option<f64>,
     pub loss_retain: Option<f64>,
     pub seconds: f64,
+    /// Integer weight codes this epoch changed (a latent weight crossing a
+    /// rounding boundary); absent in logs written before it was counted.
+    #[serde(default)]
+    pub codes_changed: Option<u64>,
+}
+
+/// How many codes differ between two snapshots of [`Model::weight_codes`].
+pub fn codes_changed(before: &[Vec<i8>], after: &[Vec<i8>]) -> u64 {
+    before
+        .iter()
+        .zip(after)
+        .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x != y).count() as u64)
+        .sum()
 }
 
 /// Which pass of a run a progress report is about.
@@ -470,6 +483,7 @@ pub fn unlearn(
         )?),
         None => None,
     };
+    let mut codes = m.weight_codes();
     for epoch in 0..cfg.epochs {
         rep.at.epoch = epoch;
         let t0 = std::time::Instant::now();
@@ -616,6 +630,9 @@ pub fn unlearn(
         }
         log.loss_forget = (nf > 0).then(|| lf / nf as f64);
         log.loss_retain = (nr > 0).then(|| lr_sum / nr as f64);
+        let now = m.weight_codes();
+        log.codes_changed = Some(codes_changed(&codes, &now));
+        codes = now;
         log.seconds = t0.elapsed().as_secs_f64();
         logs.push(log);
     }

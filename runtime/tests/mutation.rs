@@ -294,6 +294,7 @@ fn mutated_data_files_and_receipt_logs_are_errors_never_panics() {
             started_unix: 0,
             finished_unix: 0,
             unlearn_seconds: 0.0,
+            codes_changed: Vec::new(),
             library: String::new(),
             checksum: String::new(),
         };

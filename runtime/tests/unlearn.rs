@@ -384,3 +384,36 @@ fn diverging_settings_are_errors_not_models() {
         }
     }
 }
+
+#[test]
+fn each_epoch_logs_the_weight_codes_it_changed() {
+    let (m, images, labels) = trained();
+    let forget = Samples {
+        images: &images[..40 * 64],
+        labels: &labels[..40],
+    };
+    let retain = Samples {
+        images: &images[40 * 64..],
+        labels: &labels[40..],
+    };
+    // No step size, no code moves (weight decay is scaled by the rate too).
+    let still = Config {
+        epochs: 2,
+        lr: 0.0,
+        batch: 32,
+        ..Config::new(Method::Ft)
+    };
+    let out = unlearn::unlearn(&m, forget, retain, &still, &mut |_| true).unwrap();
+    assert!(out.logs.iter().all(|l| l.codes_changed == Some(0)));
+    // One real epoch: the count is the number of codes that differ.
+    let moving = Config {
+        epochs: 1,
+        lr: 0.5,
+        batch: 32,
+        ..Config::new(Method::qmul(4))
+    };
+    let out = unlearn::unlearn(&m, forget, retain, &moving, &mut |_| true).unwrap();
+    let want = unlearn::codes_changed(&m.weight_codes(), &out.model.weight_codes());
+    assert!(want > 0);
+    assert_eq!(out.logs[0].codes_changed, Some(want));
+}

@@ -831,6 +831,9 @@ impl Session {
             started_unix: report.map_or(0, |r| r.started_unix),
             finished_unix: now_unix(),
             unlearn_seconds: report.map_or(0.0, |r| r.seconds),
+            codes_changed: report
+                .map(|r| r.logs.iter().filter_map(|l| l.codes_changed).collect())
+                .unwrap_or_default(),
             library: String::new(),
             checksum: String::new(),
         }

@@ -513,16 +513,20 @@ pub struct UnlearnShape {
     pub similar_labels: bool,
 }
 
-/// A whole unlearning run: the working copy of the model and its momentum, the
-/// per-epoch orders, targets and index vectors (up to 80 bytes a sample while
-/// they are built), then the largest phase: a training pass (AGR's norm passes
+/// A whole unlearning run: the working copy of the model and its momentum, two
+/// snapshots of the weight codes, the per-epoch orders, targets and index
+/// vectors (up to 80 bytes a sample while they are built), then the largest phase: a training pass (AGR's norm passes
 /// are the same), the Similar-Labels probabilities, or building SalUn's mask
 /// (accumulated gradients, their magnitudes and the mask beside a pass). The
 /// session's own sets and model are resident, not part of this.
 pub fn unlearn(m: &Model, s: UnlearnShape) -> Cost {
     let params = param_bytes(m);
     let samples = (s.forget + s.retain) as u64;
-    let base = Cost::fixed(model_bytes(m) + params + 80 * samples + 8 * s.forget as u64);
+    // Two snapshots of the weight codes (a byte a weight) count the codes each
+    // epoch changes; quantizing one layer for them needs its scales.
+    let snapshots = 2 * (m.param_count() as u64) + 64 * m.graph.nodes.len() as u64;
+    let base =
+        Cost::fixed(model_bytes(m) + params + snapshots + 80 * samples + 8 * s.forget as u64);
     let mask = if s.saliency { params } else { 0 };
     let mut phase = train_pass(m) + Cost::fixed(mask);
     if s.similar_labels {

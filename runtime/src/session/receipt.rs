@@ -6,8 +6,9 @@
 //! and MIA on the forget set before and after), which model file it turned into
 //! which (SHA-256 of both), when, and which library did it. Two fields make the
 //! log tamper-evident:
-//! * `checksum`: SHA-256 of the record's own JSON without this field (keys in
-//!   sorted order, as written), so an edited record is detected;
+//! * `checksum`: SHA-256 of the record's own JSON without this field, and the
+//!   line must be exactly that JSON's canonical form, so an edited record
+//!   (even one only reformatted) is detected;
 //! * `prev`: SHA-256 of the previous line as stored (64 zeros for the first),
 //!   with `seq` counting from 1, so a removed, reordered or inserted record is
 //!   detected.
@@ -59,6 +60,9 @@ pub struct Receipt {
     pub started_unix: u64,
     pub finished_unix: u64,
     pub unlearn_seconds: f64,
+    /// Integer weight codes each epoch changed (empty in older records).
+    #[serde(default)]
+    pub codes_changed: Vec<u64>,
     pub library: String,
     pub checksum: String,
 }
@@ -163,6 +167,11 @@ pub fn parse_log(text: &[u8]) -> LogReport {
                 "record {n}: checksum mismatch (the record was edited)"
             )),
         }
+        if serde_json::to_string(&v).ok().as_deref().map(str::as_bytes) != Some(line) {
+            r.problems.push(format!(
+                "record {n}: not in the form qmul writes (the record was edited)"
+            ));
+        }
         match serde_json::from_value::<Receipt>(v) {
             Ok(rec) => {
                 if rec.kind != KIND {
@@ -236,9 +245,12 @@ pub fn append(path: &Path, mut rec: Receipt) -> Result<Receipt> {
         .last()
         .map_or_else(|| ZERO_HASH.to_string(), |l| line_hash(l.as_bytes()));
     rec.checksum = String::new();
-    let v = serde_json::to_value(&rec).map_err(|e| Error::internal(e.to_string()))?;
+    let mut v = serde_json::to_value(&rec).map_err(|e| Error::internal(e.to_string()))?;
     rec.checksum = checksum_of(&v)?;
-    let mut line = serde_json::to_string(&rec).map_err(|e| Error::internal(e.to_string()))?;
+    v["checksum"] = rec.checksum.clone().into();
+    // The line is the record's canonical JSON (the form readers re-serialize
+    // to), so a change of formatting alone is detected as an edit too.
+    let mut line = serde_json::to_string(&v).map_err(|e| Error::internal(e.to_string()))?;
     line.push('\n');
     f.seek(SeekFrom::End(0)).map_err(ctx)?;
     crate::durable::append_to(&mut f, line.as_bytes()).map_err(ctx)?;
@@ -301,6 +313,7 @@ mod tests {
             started_unix: 1,
             finished_unix: 2,
             unlearn_seconds: 0.1 + 0.2,
+            codes_changed: vec![12, 3],
             library: String::new(),
             checksum: String::new(),
         }
@@ -328,6 +341,15 @@ mod tests {
             .unwrap()
             .replacen("80.125", "10.125", 1);
         assert!(!parse_log(edited.as_bytes()).is_valid());
+        // A reformatted last record (same content, other bytes).
+        let text = String::from_utf8(good.clone()).unwrap();
+        let last_start = text[..text.len() - 1].rfind('\n').unwrap() + 1;
+        let spaced = format!(
+            "{}{}",
+            &text[..last_start],
+            text[last_start..].replacen(',', ", ", 1)
+        );
+        assert!(!parse_log(spaced.as_bytes()).is_valid());
         // A removed record in the middle, and a reordering.
         let removed = [lines[0], lines[2], lines[3]].join(&b'\n');
         let mut removed = removed.to_vec();

@@ -155,6 +155,9 @@ pub fn print_receipt(r: &Receipt) {
         mia(r.before.mia),
         mia(r.after.mia)
     );
+    if !r.codes_changed.is_empty() {
+        println!("  weight codes changed per epoch: {:?}", r.codes_changed);
+    }
     println!(
         "  model {}... -> {}..., checksum {}..., follows {}...",
         &r.model_before_sha256[..12.min(r.model_before_sha256.len())],

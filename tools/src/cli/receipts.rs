@@ -42,6 +42,9 @@ pub fn receipts(a: ReceiptsArgs) -> Result<(), String> {
             "     samples sha256 {}  model {} -> {}",
             r.forget_sha256, r.model_before_sha256, r.model_after_sha256
         );
+        if !r.codes_changed.is_empty() {
+            println!("     weight codes changed per epoch {:?}", r.codes_changed);
+        }
     }
     if log.torn_tail > 0 {
         println!(

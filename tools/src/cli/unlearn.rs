@@ -329,6 +329,14 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
             );
         }
     }
+    let changed: Vec<String> = out
+        .logs
+        .iter()
+        .filter_map(|l| l.codes_changed.map(|c| c.to_string()))
+        .collect();
+    if !changed.is_empty() {
+        eprintln!("weight codes changed per epoch: {}", changed.join(", "));
+    }
     print_table(&out.before, &out.after);
     print_memory(&out.memory);
     let c = commit(&mut out, &a.out, a.receipt.as_deref(), &a.forget)?;
