@@ -19,7 +19,8 @@ const TEMP_TAG: &str = ".qmul-tmp.";
 /// The tag of temporary files written by earlier versions (`.{name}.tmp-{pid}`).
 const LEGACY_TEMP_TAG: &str = ".tmp-";
 
-fn dir_of(path: &Path) -> PathBuf {
+/// The directory holding `path` (`.` for a bare file name).
+pub fn dir_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

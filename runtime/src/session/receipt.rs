@@ -256,11 +256,7 @@ pub fn append(path: &Path, mut rec: Receipt) -> Result<Receipt> {
     crate::durable::append_to(&mut f, line.as_bytes()).map_err(ctx)?;
     drop(f);
     if report.records.is_empty() && report.torn_tail == 0 && text.is_empty() {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => std::path::PathBuf::from("."),
-        };
-        crate::durable::sync_dir(&dir).map_err(ctx)?;
+        crate::durable::sync_dir(&crate::durable::dir_of(path)).map_err(ctx)?;
     }
     Ok(rec)
 }
