@@ -150,6 +150,10 @@ typedef struct qmul_unlearn_params {
   float sparsity;
   // l1-sparse: initial penalty weight.
   float l1_gamma;
+  // Learning-rate schedule: 0 cosine to zero updated every step (default),
+  // 1 the reference code's cosine stepped once per epoch. (Added after the
+  // first version: a caller whose `struct_size` ends before it gets 0.)
+  int32_t schedule;
 } qmul_unlearn_params;
 
 // Where a commit goes; get defaults from `qmul_commit_default_params`.

@@ -417,3 +417,48 @@ fn each_epoch_logs_the_weight_codes_it_changed() {
     assert!(want > 0);
     assert_eq!(out.logs[0].codes_changed, Some(want));
 }
+
+#[test]
+fn the_reference_schedule_steps_once_per_epoch() {
+    use qmul_runtime::unlearn::Schedule;
+    let e = Schedule::CosinePerEpoch;
+    // A 1-epoch run keeps the full rate; 2 epochs run at 1 and 0.5 (mean 0.75).
+    assert_eq!(e.lr(0.1, 7, 10, 0, 1), 0.1);
+    assert_eq!(e.lr(0.1, 0, 20, 0, 2), 0.1);
+    assert!((e.lr(0.1, 19, 20, 1, 2) - 0.05).abs() < 1e-7);
+    // The per-step cosine anneals within the epoch.
+    let s = Schedule::CosinePerStep;
+    assert!((s.lr(0.1, 5, 10, 0, 1) - 0.05).abs() < 1e-7);
+    assert_eq!(Schedule::parse("epoch"), Some(e));
+    assert_eq!(Schedule::default(), s);
+    // Results written before the field existed read as the per-step cosine.
+    let old: Config = serde_json::from_str(
+        r#"{"method":{"method":"ft"},"epochs":1,"lr":0.1,"batch":8,"seed":0,"momentum":0.9,"weight_decay":0.0}"#,
+    )
+    .unwrap();
+    assert_eq!(old.schedule, s);
+    // The two schedules train differently.
+    let (m, images, labels) = trained();
+    let retain = Samples {
+        images: &images[40 * 64..],
+        labels: &labels[40..],
+    };
+    let none = Samples {
+        images: &[],
+        labels: &[],
+    };
+    let run = |schedule| {
+        let cfg = Config {
+            epochs: 2,
+            lr: 0.05,
+            batch: 32,
+            schedule,
+            ..Config::new(Method::Ft)
+        };
+        unlearn::unlearn(&m, none, retain, &cfg, &mut |_| true)
+            .unwrap()
+            .model
+            .params
+    };
+    assert_ne!(run(s), run(e));
+}

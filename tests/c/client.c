@@ -13,6 +13,7 @@
 #include "qmul.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -205,7 +206,11 @@ int main(int argc, char **argv) {
     up.lr = 0.05f;
     up.batch = 16;
     progress_state ps = {0, 1, 0, 0};
-    EXPECT(qmul_session_unlearn(session, &up, on_progress, &ps, NULL), QMUL_ERR_CANCELLED);
+    /* A caller built against the first version of the struct (before
+     * `schedule`): its shorter struct_size is accepted, `schedule` defaults. */
+    qmul_unlearn_params v1 = up;
+    v1.struct_size = (uint32_t)offsetof(qmul_unlearn_params, schedule);
+    EXPECT(qmul_session_unlearn(session, &v1, on_progress, &ps, NULL), QMUL_ERR_CANCELLED);
     CHECK(ps.calls == 1 && ps.saw_pre_pass, "cancelled after the first pre-pass batch (%d calls)", ps.calls);
     qmul_commit_params cp = qmul_commit_default_params();
     EXPECT(qmul_session_commit(session, &cp, NULL), QMUL_ERR_INVALID_ARGUMENT);
@@ -230,11 +235,15 @@ int main(int argc, char **argv) {
     bad.method = 42;
     EXPECT(qmul_session_unlearn(session, &bad, NULL, NULL, NULL), QMUL_ERR_INVALID_ARGUMENT);
     bad = up;
+    bad.schedule = 9;
+    EXPECT(qmul_session_unlearn(session, &bad, NULL, NULL, NULL), QMUL_ERR_INVALID_ARGUMENT);
+    bad = up;
     bad.struct_size = 3;
     EXPECT(qmul_session_unlearn(session, &bad, NULL, NULL, NULL), QMUL_ERR_INVALID_ARGUMENT);
 
     /* Unlearn for real, with the automatic batch. */
     up.batch = 0;
+    up.schedule = 1; /* the reference code's per-epoch cosine */
     up.epochs = quick ? 1 : 3;
     up.lr = 0.1f;
     progress_state ps3 = {0, 0, 0, 0};

@@ -13,7 +13,7 @@ use super::{
 };
 use qmul_runtime::error::{Error, ErrorKind, Result};
 use qmul_runtime::session::{pixels_from_f32, Canceller, CommitTarget, Session, Which};
-use qmul_runtime::unlearn::{Config, Method, Phase, Relabel, Variant};
+use qmul_runtime::unlearn::{Config, Method, Phase, Relabel, Schedule, Variant};
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
@@ -77,6 +77,10 @@ pub struct qmul_unlearn_params {
     pub sparsity: f32,
     /// l1-sparse: initial penalty weight.
     pub l1_gamma: f32,
+    /// Learning-rate schedule: 0 cosine to zero updated every step (default),
+    /// 1 the reference code's cosine stepped once per epoch. (Added after the
+    /// first version: a caller whose `struct_size` ends before it gets 0.)
+    pub schedule: i32,
 }
 
 /// Progress of an unlearning run, passed to the callback after every batch.
@@ -221,6 +225,7 @@ pub extern "C" fn qmul_unlearn_default_params(method: i32) -> qmul_unlearn_param
         variant: 0,
         sparsity: 0.5,
         l1_gamma: 5e-4,
+        schedule: 0,
     }
 }
 
@@ -630,6 +635,15 @@ pub unsafe extern "C" fn qmul_session_unlearn(
         up.seed = p.seed;
         up.momentum = p.momentum;
         up.weight_decay = p.weight_decay;
+        up.schedule = match p.schedule {
+            0 => Schedule::CosinePerStep,
+            1 => Schedule::CosinePerEpoch,
+            s => {
+                return Err(Error::invalid(format!(
+                    "schedule {s}: use 0 (per step) or 1 (per epoch)"
+                )))
+            }
+        };
         let mut cb = |pr: &qmul_runtime::session::Progress| match progress {
             None => true,
             Some(f) => {

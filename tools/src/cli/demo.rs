@@ -102,6 +102,7 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
             variant: None,
             sparsity: 0.5,
             l1_gamma: 5e-4,
+            schedule: "step".into(),
             budget_mib: None,
             out: out_path.clone(),
             receipt: Some(receipts.clone()),

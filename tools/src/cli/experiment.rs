@@ -432,6 +432,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         variant: None,
         sparsity: 0.5,
         l1_gamma: 5e-4,
+        schedule: "step".into(),
         budget_mib: None,
         out: PathBuf::new(),
         receipt: None,

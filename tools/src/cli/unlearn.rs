@@ -50,6 +50,10 @@ pub struct UnlearnArgs {
     /// l1-sparse: initial penalty weight.
     #[arg(long, default_value_t = 5e-4)]
     pub l1_gamma: f32,
+    /// Learning-rate schedule: step (cosine to zero, updated every step) or
+    /// epoch (the reference code's cosine stepped once per epoch).
+    #[arg(long, default_value = "step")]
+    pub schedule: String,
     /// Memory budget of the session in MiB (default: unlimited).
     #[arg(long)]
     pub budget_mib: Option<u64>,
@@ -168,6 +172,8 @@ pub fn run(
             p.lr = a.lr.unwrap_or(p.lr);
             p.batch = a.batch;
             p.seed = a.seed;
+            p.schedule = unlearn::Schedule::parse(&a.schedule)
+                .ok_or_else(|| format!("unknown --schedule '{}' (step, epoch)", a.schedule))?;
             let mut bar = Progress::new(0, &format!("unlearn {}", a.method));
             let mut last = 0u64;
             session
