@@ -332,26 +332,33 @@ pub extern "C" fn qmul_last_error() -> *const c_char {
     })
 }
 
+/// Every status with its name, for `qmul_status_name`.
+const STATUS_NAMES: [(qmul_status, &CStr); 12] = {
+    use qmul_status::*;
+    [
+        (QMUL_OK, c"QMUL_OK"),
+        (QMUL_ERR_INVALID_ARGUMENT, c"QMUL_ERR_INVALID_ARGUMENT"),
+        (QMUL_ERR_NULL_POINTER, c"QMUL_ERR_NULL_POINTER"),
+        (QMUL_ERR_BUFFER_SIZE, c"QMUL_ERR_BUFFER_SIZE"),
+        (QMUL_ERR_DIVERGED, c"QMUL_ERR_DIVERGED"),
+        (QMUL_ERR_BAD_FILE, c"QMUL_ERR_BAD_FILE"),
+        (QMUL_ERR_CHECKSUM, c"QMUL_ERR_CHECKSUM"),
+        (QMUL_ERR_UNSUPPORTED, c"QMUL_ERR_UNSUPPORTED"),
+        (QMUL_ERR_BUDGET_EXCEEDED, c"QMUL_ERR_BUDGET_EXCEEDED"),
+        (QMUL_ERR_CANCELLED, c"QMUL_ERR_CANCELLED"),
+        (QMUL_ERR_IO, c"QMUL_ERR_IO"),
+        (QMUL_ERR_INTERNAL, c"QMUL_ERR_INTERNAL"),
+    ]
+};
+
 /// A static name for a status code (`"QMUL_ERR_CANCELLED"`, ...).
 #[no_mangle]
 pub extern "C" fn qmul_status_name(status: i32) -> *const c_char {
-    use qmul_status::*;
-    let s: &CStr = match status {
-        x if x == QMUL_OK as i32 => c"QMUL_OK",
-        x if x == QMUL_ERR_INVALID_ARGUMENT as i32 => c"QMUL_ERR_INVALID_ARGUMENT",
-        x if x == QMUL_ERR_NULL_POINTER as i32 => c"QMUL_ERR_NULL_POINTER",
-        x if x == QMUL_ERR_BUFFER_SIZE as i32 => c"QMUL_ERR_BUFFER_SIZE",
-        x if x == QMUL_ERR_DIVERGED as i32 => c"QMUL_ERR_DIVERGED",
-        x if x == QMUL_ERR_BAD_FILE as i32 => c"QMUL_ERR_BAD_FILE",
-        x if x == QMUL_ERR_CHECKSUM as i32 => c"QMUL_ERR_CHECKSUM",
-        x if x == QMUL_ERR_UNSUPPORTED as i32 => c"QMUL_ERR_UNSUPPORTED",
-        x if x == QMUL_ERR_BUDGET_EXCEEDED as i32 => c"QMUL_ERR_BUDGET_EXCEEDED",
-        x if x == QMUL_ERR_CANCELLED as i32 => c"QMUL_ERR_CANCELLED",
-        x if x == QMUL_ERR_IO as i32 => c"QMUL_ERR_IO",
-        x if x == QMUL_ERR_INTERNAL as i32 => c"QMUL_ERR_INTERNAL",
-        _ => c"unknown status",
-    };
-    s.as_ptr()
+    STATUS_NAMES
+        .iter()
+        .find(|(s, _)| *s as i32 == status)
+        .map_or(c"unknown status", |(_, n)| n)
+        .as_ptr()
 }
 
 /// Frees a handle made by `Box::into_raw` and sets the caller's pointer to NULL.

@@ -11,6 +11,7 @@ use super::{
     arg, fill_text, free_handle, give, guard, out, read_params, slice, slice_mut, text,
     write_result,
 };
+use qmul_runtime::data::Dataset;
 use qmul_runtime::error::{Error, ErrorKind, Result};
 use qmul_runtime::session::{pixels_from_f32, Canceller, CommitTarget, Session, Which};
 use qmul_runtime::unlearn::{Config, Method, Phase, Relabel, Schedule, Variant};
@@ -374,6 +375,33 @@ pub unsafe extern "C" fn qmul_session_set_test(
     unsafe { set_buffers(session, images, images_len, labels, n, Session::set_test) }
 }
 
+/// Stores a set chosen by `n` indices into a data set (`indices` NULL and `n`
+/// 0: no list, which the retain and test setters read as "all of it") with one
+/// of the session's setters.
+///
+/// # Safety
+/// `session` and `ds` are live handles; `indices` holds `n` values.
+unsafe fn set_indices(
+    session: *const qmul_session,
+    ds: *const qmul_dataset,
+    indices: *const usize,
+    n: usize,
+    set: impl FnOnce(&mut Session, &Dataset, Option<&[usize]>) -> Result<()>,
+) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let (s, d, idx) = unsafe {
+            (
+                arg(session, "session")?,
+                arg(ds, "ds")?,
+                slice(indices, n, "indices")?,
+            )
+        };
+        let list = (!indices.is_null() || n > 0).then_some(idx);
+        set(&mut *s.lock()?, &d.0, list)
+    })
+}
+
 /// The forget set as `n` distinct indices into a data set read from a file.
 ///
 /// # Safety
@@ -385,17 +413,12 @@ pub unsafe extern "C" fn qmul_session_set_forget_indices(
     indices: *const usize,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, d, idx) = unsafe {
-            (
-                arg(session, "session")?,
-                arg(ds, "ds")?,
-                slice(indices, n, "indices")?,
-            )
-        };
-        s.lock()?.set_forget_indices(&d.0, idx)
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        set_indices(session, ds, indices, n, |s, d, i| {
+            s.set_forget_indices(d, i.unwrap_or(&[]))
+        })
+    }
 }
 
 /// The retain set as indices into a data set (`indices` NULL and `n` 0: all of it).
@@ -409,18 +432,8 @@ pub unsafe extern "C" fn qmul_session_set_retain_indices(
     indices: *const usize,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, d, idx) = unsafe {
-            (
-                arg(session, "session")?,
-                arg(ds, "ds")?,
-                slice(indices, n, "indices")?,
-            )
-        };
-        s.lock()?
-            .set_retain_indices(&d.0, (!indices.is_null() || n > 0).then_some(idx))
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { set_indices(session, ds, indices, n, Session::set_retain_indices) }
 }
 
 /// The retain set as every sample of `ds` not in the forget set (which must
@@ -452,18 +465,8 @@ pub unsafe extern "C" fn qmul_session_set_test_indices(
     indices: *const usize,
     n: usize,
 ) -> i32 {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        let (s, d, idx) = unsafe {
-            (
-                arg(session, "session")?,
-                arg(ds, "ds")?,
-                slice(indices, n, "indices")?,
-            )
-        };
-        s.lock()?
-            .set_test_indices(&d.0, (!indices.is_null() || n > 0).then_some(idx))
-    })
+    // SAFETY: forwarded from the caller.
+    unsafe { set_indices(session, ds, indices, n, Session::set_test_indices) }
 }
 
 /// Predictions into caller memory: `logits` (`n * classes` floats; may be
