@@ -24,6 +24,9 @@ enum qmul_status
   QMUL_ERR_BUFFER_SIZE = 102,
   // Unlearning diverged with these settings; nothing changed.
   QMUL_ERR_DIVERGED = 103,
+  // The unlearned model failed the deletion check; nothing was written
+  // (`qmul_commit_params.force` commits it anyway).
+  QMUL_ERR_NOT_FORGOTTEN = 104,
   // A model, data or receipt file is malformed or not what it claims.
   QMUL_ERR_BAD_FILE = 200,
   // A model file's data checksum does not match (the file is damaged).
@@ -150,9 +153,10 @@ typedef struct qmul_unlearn_params {
   float sparsity;
   // l1-sparse: initial penalty weight.
   float l1_gamma;
-  // Learning-rate schedule: 0 cosine to zero updated every step (default),
-  // 1 the reference code's cosine stepped once per epoch. (Added after the
-  // first version: a caller whose `struct_size` ends before it gets 0.)
+  // Learning-rate schedule: 0 the reference code's cosine stepped once per
+  // epoch (`CosineAnnealingLR(T_max = epochs)`, the default), 1 cosine to
+  // zero updated every step. (Added after the first version: a caller whose
+  // `struct_size` ends before it gets 0.)
   int32_t schedule;
 } qmul_unlearn_params;
 
@@ -165,6 +169,11 @@ typedef struct qmul_commit_params {
   const char *receipts_path;
   // The caller's name for the request (a ticket id), recorded in the receipt; may be NULL.
   const char *request;
+  // 1: commit even if the deletion check fails (the receipt records that
+  // it was forced); 0: such a commit fails with `QMUL_ERR_NOT_FORGOTTEN`.
+  // (Added after the first version: a caller whose `struct_size` ends
+  // before it gets 0.)
+  int32_t force;
 } qmul_commit_params;
 
 // Progress of an unlearning run, passed to the callback after every batch.
@@ -210,6 +219,12 @@ typedef struct qmul_verification {
   double fa_after;
   double mia_before;
   double mia_after;
+  // 1 when the deletion check passed (see docs/c-api.md for the criterion).
+  // (This and `verdict` were added after the first version; a caller whose
+  // `struct_size` ends before them does not get them.)
+  int32_t passed;
+  // The check's scenario and figures, NUL-terminated (cut to fit).
+  char verdict[256];
 } qmul_verification;
 
 // FA, RA, TA and MIA-efficacy, in percent.

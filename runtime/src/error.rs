@@ -27,6 +27,9 @@ pub enum ErrorKind {
     /// Training or unlearning diverged (non-finite loss or parameters) with
     /// the settings given; nothing was changed.
     Diverged,
+    /// The unlearned model failed the deletion check, so it was not
+    /// committed (the caller may force it).
+    NotForgotten,
     /// A file is not what it claims to be: malformed, hostile, or of another format.
     BadFile,
     /// A file's stored checksum does not match its contents (corruption).

@@ -2,8 +2,11 @@
 //! per-layer slots that tie graph nodes to parameter tensors.
 //!
 //! Latent f32 weights exist only while a model is in memory; the model file
-//! stores the quantized codes and scales (see `model_file`), and loading
-//! dequantizes them to latent weights that requantize to the same codes.
+//! stores the quantized codes and scales and, from format version 3, each
+//! weight's position inside its rounding bin (see `model_file` and
+//! `quant::sub_bin`). Loading rebuilds latent weights that requantize to the
+//! same codes: at their bins' centres without the residuals, within 1/256
+//! step of where they were saved with them.
 
 use crate::exec::PassError;
 use crate::graph::{Graph, GraphError, Op, Precision, QuantScheme, Shape};

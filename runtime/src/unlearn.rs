@@ -130,16 +130,30 @@ impl Method {
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// Cosine from the base rate to zero over the run's steps, updated every
-    /// step (qmul's schedule so far, and still the default).
-    #[default]
+    /// step (qmul's schedule before the reference one became the default).
     CosinePerStep,
     /// The reference code's `CosineAnnealingLR(T_max = epochs)` stepped once
-    /// per epoch: epoch `e` runs at `base * (1 + cos(pi e / epochs)) / 2`, so a
-    /// 1-epoch run keeps the full rate and a 2-epoch run averages 0.75 of it.
+    /// per epoch (the default): epoch `e` runs at
+    /// `base * (1 + cos(pi e / epochs)) / 2`, so a 1-epoch run keeps the full
+    /// rate and a 2-epoch run averages 0.75 of it.
+    #[default]
     CosinePerEpoch,
 }
 
 impl Schedule {
+    /// What a stored configuration without a schedule used: every result
+    /// written before the field existed ran the per-step cosine.
+    pub fn legacy() -> Schedule {
+        Schedule::CosinePerStep
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::CosinePerStep => "step",
+            Schedule::CosinePerEpoch => "epoch",
+        }
+    }
+
     /// The rate of `step` (of `total`) in `epoch` (of `epochs`).
     pub fn lr(self, base: f32, step: usize, total: usize, epoch: usize, epochs: usize) -> f32 {
         match self {
@@ -167,8 +181,9 @@ pub struct Config {
     pub seed: u64,
     pub momentum: f32,
     pub weight_decay: f32,
-    /// Absent in results written before it existed: the per-step cosine.
-    #[serde(default)]
+    /// Absent in results written before it existed: those ran the per-step
+    /// cosine ([`Schedule::legacy`]), whatever today's default is.
+    #[serde(default = "Schedule::legacy")]
     pub schedule: Schedule,
 }
 

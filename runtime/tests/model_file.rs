@@ -258,7 +258,7 @@ fn a_flipped_bit_in_the_weights_fails_the_checksum() {
 #[test]
 fn version_1_files_without_a_checksum_still_load() {
     let m = trained(QuantScheme::Lsq);
-    let good = model_file::to_bytes(&m).unwrap();
+    let good = model_file::to_bytes_with(&m, PLAIN).unwrap();
     let (mut h, data) = split(&good);
     h["__metadata__"]
         .as_object_mut()
@@ -269,8 +269,12 @@ fn version_1_files_without_a_checksum_still_load() {
     let loaded = model_file::from_bytes_checked(&old).unwrap();
     assert_eq!(loaded.integrity, model_file::Integrity::Unchecked);
     assert_eq!(loaded.format_version, 1);
+    assert!(!loaded.sub_bin);
     // Saving it again writes the current version, with a checksum.
-    assert_eq!(model_file::to_bytes(&loaded.model).unwrap(), good);
+    assert_eq!(
+        model_file::to_bytes_with(&loaded.model, PLAIN).unwrap(),
+        good
+    );
     // A version-2 file must carry its checksum.
     let (mut h, data) = split(&good);
     h["__metadata__"]
@@ -281,6 +285,102 @@ fn version_1_files_without_a_checksum_still_load() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("data_sha256"), "{e}");
+}
+
+/// A file without the sub-bin residuals.
+const PLAIN: model_file::WriteOptions = model_file::WriteOptions { sub_bin: false };
+
+/// The latent weights of every quantized layer, with their layer's scales.
+fn latents(m: &Model) -> Vec<(Vec<f32>, Vec<f32>)> {
+    use qmul_runtime::quant::weight;
+    m.slots
+        .iter()
+        .filter_map(|s| s.conv().or(s.linear().map(|l| (l.0, l.2, l.3))))
+        .filter(|&(_, _, kind)| kind != weight::WeightQuant::None)
+        .map(|(w, wq, kind)| {
+            let cout = m.params[w].shape[0];
+            let q = weight::quantize(kind, &m.params[wq].data, &m.params[w].data, cout);
+            (m.params[w].data.clone(), q.scale)
+        })
+        .collect()
+}
+
+/// Each latent weight comes back within 1/512 of its step from a file with the
+/// residuals (weights clipped by LSQ / DSQ excepted), the file re-saves byte
+/// for byte, predictions are unchanged; without the residuals the weights load
+/// at their bins' centres and predict the same too.
+#[test]
+fn sub_bin_residuals_round_trip_bit_exactly() {
+    for scheme in [QuantScheme::Pact, QuantScheme::Lsq, QuantScheme::Dsq] {
+        let m = trained(scheme);
+        let bytes = model_file::to_bytes(&m).unwrap();
+        let loaded = model_file::from_bytes_checked(&bytes).unwrap();
+        assert!(loaded.sub_bin, "{scheme:?}");
+        assert_eq!(loaded.format_version, 3);
+        assert_eq!(model_file::to_bytes(&loaded.model).unwrap(), bytes);
+        let (mut near, mut total) = (0usize, 0usize);
+        for ((a, s), (b, _)) in latents(&m).iter().zip(latents(&loaded.model)) {
+            let k = a.len() / s.len();
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                total += 1;
+                near += ((x - y).abs() <= s[i / k] / 512.0 * 1.001) as usize;
+            }
+        }
+        // Only clipped weights may be further away; the small test model has few.
+        assert!(
+            near as f64 >= 0.95 * total as f64,
+            "{scheme:?}: {near}/{total}"
+        );
+        let images: Vec<u8> = (0..3 * 64).map(|i| (i * 37 % 256) as u8).collect();
+        assert_eq!(
+            m.forward(&images, 3).unwrap(),
+            loaded.model.forward(&images, 3).unwrap()
+        );
+        let plain = model_file::to_bytes_with(&m, PLAIN).unwrap();
+        assert!(plain.len() < bytes.len());
+        let centred = model_file::from_bytes_checked(&plain).unwrap();
+        assert!(!centred.sub_bin);
+        assert_eq!(
+            m.forward(&images, 3).unwrap(),
+            centred.model.forward(&images, 3).unwrap()
+        );
+        assert_ne!(latents(&centred.model), latents(&loaded.model));
+    }
+}
+
+#[test]
+fn bad_residuals_are_rejected() {
+    let good = model_file::to_bytes(&trained(QuantScheme::Pact)).unwrap();
+    let (h, data) = split(&good);
+    let o = data_offset(&h, "c1.residual");
+    let check = |h: &serde_json::Map<String, serde_json::Value>, data: &[u8], want: &str| {
+        let e = model_file::from_bytes(&join(h.clone(), data))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{want}: {e}");
+    };
+    let mut d = data.clone();
+    d[o] = 0x80;
+    check(&h, &d, "-128");
+    // A residual that pushes every weight of channel 0 outwards changes its
+    // max-abs scale.
+    let mut d = data.clone();
+    let k = h["c1.residual"]["shape"][1].as_u64().unwrap() as usize;
+    d[o..o + k].iter_mut().for_each(|b| *b = 100);
+    check(&h, &d, "scales disagree");
+    // Residuals on some layers only.
+    let mut partial = h.clone();
+    let entry = partial.remove("fc.residual").unwrap();
+    partial.insert("fc.spare".into(), entry);
+    check(&partial, &data, "fc.residual");
+    // Residuals in a version-2 file.
+    let mut v2 = h.clone();
+    set_meta(&mut v2, "format_version", "2");
+    check(&v2, &data, "format_version 3");
+    // The wrong dtype.
+    let mut f = h.clone();
+    f["c1.residual"]["dtype"] = "U8".into();
+    check(&f, &data, "c1.residual");
 }
 
 #[test]

@@ -283,10 +283,15 @@ fn mutated_data_files_and_receipt_logs_are_errors_never_panics() {
             request: None,
             method: "qmul".into(),
             params: serde_json::json!({}),
-            before: receipt::Forgetting { fa: 1.0, mia: None },
+            before: receipt::Forgetting {
+                fa: 1.0,
+                mia: None,
+                ta: None,
+            },
             after: receipt::Forgetting {
                 fa: 0.5,
                 mia: Some(2.0),
+                ta: Some(0.25),
             },
             model_path: "m".into(),
             model_before_sha256: String::new(),
@@ -295,6 +300,7 @@ fn mutated_data_files_and_receipt_logs_are_errors_never_panics() {
             finished_unix: 0,
             unlearn_seconds: 0.0,
             codes_changed: Vec::new(),
+            verdict: None,
             library: String::new(),
             checksum: String::new(),
         };

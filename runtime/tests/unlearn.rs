@@ -430,7 +430,36 @@ fn the_reference_schedule_steps_once_per_epoch() {
     let s = Schedule::CosinePerStep;
     assert!((s.lr(0.1, 5, 10, 0, 1) - 0.05).abs() < 1e-7);
     assert_eq!(Schedule::parse("epoch"), Some(e));
-    assert_eq!(Schedule::default(), s);
+    // The reference schedule is the default.
+    assert_eq!(Schedule::default(), e);
+    assert_eq!(Config::new(Method::Ft).schedule, e);
+    // PyTorch's CosineAnnealingLR(T_max = epochs, eta_min = 0), base 0.1, one
+    // `scheduler.step()` per epoch: the closed form its documentation gives,
+    // `eta_min + (base - eta_min) (1 + cos(pi e / T_max)) / 2`, to 8 decimals
+    // (its recursive update agrees with it to about 1e-9).
+    let torch: [(usize, &[f32]); 3] = [
+        (1, &[0.1]),
+        (2, &[0.1, 0.05]),
+        (
+            10,
+            &[
+                0.1, 0.09755283, 0.09045085, 0.07938926, 0.06545085, 0.05, 0.03454915, 0.02061074,
+                0.00954915, 0.00244717,
+            ],
+        ),
+    ];
+    for (epochs, want) in torch {
+        for (ep, &w) in want.iter().enumerate() {
+            // Every step of an epoch runs at the epoch's rate.
+            for step in [0, 3] {
+                let got = e.lr(0.1, ep * 4 + step, epochs * 4, ep, epochs);
+                assert!(
+                    (got - w).abs() < 1e-7,
+                    "{epochs} epochs, epoch {ep}: {got} vs {w}"
+                );
+            }
+        }
+    }
     // Results written before the field existed read as the per-step cosine.
     let old: Config = serde_json::from_str(
         r#"{"method":{"method":"ft"},"epochs":1,"lr":0.1,"batch":8,"seed":0,"momentum":0.9,"weight_decay":0.0}"#,

@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
 
     /* Unlearn for real, with the automatic batch. */
     up.batch = 0;
-    up.schedule = 1; /* the reference code's per-epoch cosine */
+    up.schedule = 0; /* the default: the reference code's per-epoch cosine */
     up.epochs = quick ? 1 : 3;
     up.lr = 0.1f;
     progress_state ps3 = {0, 0, 0, 0};
@@ -263,8 +263,16 @@ int main(int argc, char **argv) {
     memset(&v, 0, sizeof v);
     v.struct_size = sizeof v;
     EXPECT(qmul_session_verify(session, &v), QMUL_OK);
-    printf("verify: FA %.2f -> %.2f, MIA %.2f -> %.2f\n", v.fa_before, v.fa_after, v.mia_before, v.mia_after);
+    printf("verify: FA %.2f -> %.2f, MIA %.2f -> %.2f; deletion check %s (%s)\n", v.fa_before, v.fa_after,
+           v.mia_before, v.mia_after, v.passed ? "passed" : "failed", v.verdict);
     CHECK(v.has_mia == 1, "MIA with retain and test sets");
+    CHECK(strncmp(v.verdict, "random: ", 8) == 0, "a random forget set: %s", v.verdict);
+    /* A caller built before `passed` and `verdict` existed gets the rest. */
+    qmul_verification v_old;
+    memset(&v_old, 0x5a, sizeof v_old);
+    v_old.struct_size = (uint32_t)offsetof(qmul_verification, passed);
+    EXPECT(qmul_session_verify(session, &v_old), QMUL_OK);
+    CHECK(v_old.fa_after == v.fa_after && v_old.passed == 0x5a5a5a5a, "short struct filled up to its size");
     qmul_scores sc;
     memset(&sc, 0, sizeof sc);
     sc.struct_size = sizeof sc;
@@ -280,6 +288,17 @@ int main(int argc, char **argv) {
     qmul_commit_result cr;
     memset(&cr, 0, sizeof cr);
     cr.struct_size = sizeof cr;
+    /* A deletion that fails the check is refused (also for a caller built
+     * before `force` existed, whose struct ends before it) unless forced. */
+    if (!v.passed) {
+        qmul_commit_params cp_old = cp;
+        cp_old.struct_size = (uint32_t)offsetof(qmul_commit_params, force);
+        EXPECT(qmul_session_commit(session, &cp_old, &cr), QMUL_ERR_NOT_FORGOTTEN);
+        EXPECT(qmul_session_commit(session, &cp, &cr), QMUL_ERR_NOT_FORGOTTEN);
+        cp.force = 2;
+        EXPECT(qmul_session_commit(session, &cp, &cr), QMUL_ERR_INVALID_ARGUMENT);
+        cp.force = 1;
+    }
     EXPECT(qmul_session_commit(session, &cp, &cr), QMUL_OK);
     CHECK(cr.receipt_seq == 1, "first receipt, got %llu", (unsigned long long)cr.receipt_seq);
     CHECK(strcmp(cr.model_before_sha256, before_sha) == 0, "receipt names the model opened");
@@ -301,6 +320,8 @@ int main(int argc, char **argv) {
     EXPECT(qmul_receipts_get(receipts, 0, rec, need, NULL), QMUL_OK);
     CHECK(strstr(rec, "\"request\":\"ticket-42\"") != NULL, "the receipt carries the request");
     CHECK(strstr(rec, cr.model_after_sha256) != NULL, "the receipt carries the new model's hash");
+    CHECK(strstr(rec, "\"verdict\":{") != NULL, "the receipt carries the deletion check");
+    CHECK(v.passed || strstr(rec, "\"forced\":true") != NULL, "a forced commit says so");
     printf("receipt (%zu bytes): %.120s...\n", need, rec);
     free(rec);
     EXPECT(qmul_receipts_get(receipts, 5, NULL, 0, &need), QMUL_ERR_INVALID_ARGUMENT);

@@ -123,6 +123,7 @@ fn measured_peaks_stay_within_plans_and_budgets_are_kept() {
                 model_path: Some(&target),
                 receipts: None,
                 request: None,
+                force: true,
             })
             .unwrap();
         check(&format!("{tag} commit"), &c.memory, &mut worst, &mut lines);

@@ -12,7 +12,11 @@ use qmul_runtime::Model;
 /// Index sets of one forgetting scenario.
 #[derive(Clone, Debug)]
 pub struct Split {
+    /// What this run unlearns.
     pub forget: Vec<usize>,
+    /// What earlier requests of a sequence forgot (empty otherwise): not in
+    /// the retain set, and part of the forget set the metrics measure.
+    pub earlier: Vec<usize>,
     pub retain: Vec<usize>,
     /// Test images used for TA and as MIA non-members (all, or all but the forgotten class).
     pub test: Vec<usize>,
@@ -21,7 +25,8 @@ pub struct Split {
 
 pub fn split(spec: &ForgetSpec, train: &Dataset, test: &Dataset) -> Result<Split, String> {
     let forget = spec.indices(train)?;
-    let retain = complement(train.len(), &forget);
+    let earlier = spec.earlier(train);
+    let retain = complement(train.len(), &union(&forget, &earlier));
     if retain.is_empty() {
         return Err(
             "the forget set is the whole training set: nothing is left to retain \
@@ -41,6 +46,7 @@ pub fn split(spec: &ForgetSpec, train: &Dataset, test: &Dataset) -> Result<Split
     }
     Ok(Split {
         forget,
+        earlier,
         retain,
         test: test_idx,
         class,
@@ -58,9 +64,25 @@ pub fn samples(ds: &Dataset, idx: &[usize]) -> (Vec<u8>, Vec<u32>) {
     (images, labels)
 }
 
-/// FA, RA, TA and MIA-efficacy of `model`, in percent.
+/// Sorted union of two sorted, disjoint index lists.
+pub fn union(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut v = [a, b].concat();
+    v.sort_unstable();
+    v
+}
+
+impl Split {
+    /// Everything forgotten so far: this run's forget set and the earlier
+    /// requests' (what FA and the attack measure, and what a Retrain leaves out).
+    pub fn forgotten(&self) -> Vec<usize> {
+        union(&self.forget, &self.earlier)
+    }
+}
+
+/// FA, RA, TA and MIA-efficacy of `model`, in percent (FA and the attack on
+/// [`Split::forgotten`]).
 pub fn scores(model: &Model, train: &Dataset, test: &Dataset, s: &Split) -> Result<Scores, String> {
-    let (fi, fl) = samples(train, &s.forget);
+    let (fi, fl) = samples(train, &s.forgotten());
     let (ri, rl) = samples(train, &s.retain);
     let (ti, tl) = samples(test, &s.test);
     let set = |images, labels| Samples { images, labels };

@@ -156,6 +156,61 @@ fn parse_state(b: &[u8]) -> Result<TrainState, String> {
     Ok((epochs, params, velocity))
 }
 
+/// Where a finished model's exact f32 latent weights are kept beside its file
+/// (`<model>.latent`), for experiments that start unlearning from the training
+/// run's own state rather than from the file's codes and residuals.
+pub fn latent_path(model: &Path) -> PathBuf {
+    let mut s = model.as_os_str().to_owned();
+    s.push(".latent");
+    PathBuf::from(s)
+}
+
+/// Saves `model`'s parameters (f32 latent weights included) in the state-file
+/// format, with zero momentum.
+pub fn save_latent(model: &Model, path: &Path) -> Result<(), String> {
+    let zeros: Vec<Vec<f32>> = model
+        .params
+        .iter()
+        .map(|t| vec![0.0; t.data.len()])
+        .collect();
+    let params = model.params.iter().map(|t| t.data.as_slice());
+    model_file::write_atomic(path, &state_bytes(0, params, &zeros))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Replaces `model`'s parameters by those of a latent file, which must hold
+/// the same tensors and requantize to the same codes (it belongs to this
+/// model file, not to another training run).
+pub fn load_latent(model: &mut Model, path: &Path) -> Result<(), String> {
+    let b = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, params, _) = parse_state(&b).map_err(|e| format!("{}: {e}", path.display()))?;
+    if params.len() != model.params.len()
+        || params
+            .iter()
+            .zip(&model.params)
+            .any(|(p, t)| p.len() != t.data.len())
+        || params.iter().flatten().any(|x| !x.is_finite())
+    {
+        return Err(format!(
+            "{}: its tensors do not match the model",
+            path.display()
+        ));
+    }
+    let codes = model.weight_codes();
+    let mut exact = model.clone();
+    for (t, p) in exact.params.iter_mut().zip(params) {
+        t.data = p;
+    }
+    if exact.weight_codes() != codes {
+        return Err(format!(
+            "{}: its weights do not quantize to the model's codes (a latent file of another run)",
+            path.display()
+        ));
+    }
+    *model = exact;
+    Ok(())
+}
+
 /// Restores the latent weights and momentum saved with the checkpoint of
 /// `epochs_done` epochs, or says why the run continues from the checkpoint's
 /// rounded weights with zero momentum (missing, stale, damaged, other model).

@@ -47,6 +47,9 @@ pub enum qmul_status {
     QMUL_ERR_BUFFER_SIZE = 102,
     /// Unlearning diverged with these settings; nothing changed.
     QMUL_ERR_DIVERGED = 103,
+    /// The unlearned model failed the deletion check; nothing was written
+    /// (`qmul_commit_params.force` commits it anyway).
+    QMUL_ERR_NOT_FORGOTTEN = 104,
     /// A model, data or receipt file is malformed or not what it claims.
     QMUL_ERR_BAD_FILE = 200,
     /// A model file's data checksum does not match (the file is damaged).
@@ -71,6 +74,7 @@ impl From<ErrorKind> for qmul_status {
             ErrorKind::NullPointer => QMUL_ERR_NULL_POINTER,
             ErrorKind::BufferSize => QMUL_ERR_BUFFER_SIZE,
             ErrorKind::Diverged => QMUL_ERR_DIVERGED,
+            ErrorKind::NotForgotten => QMUL_ERR_NOT_FORGOTTEN,
             ErrorKind::BadFile => QMUL_ERR_BAD_FILE,
             ErrorKind::Checksum => QMUL_ERR_CHECKSUM,
             ErrorKind::Unsupported => QMUL_ERR_UNSUPPORTED,
@@ -333,7 +337,7 @@ pub extern "C" fn qmul_last_error() -> *const c_char {
 }
 
 /// Every status with its name, for `qmul_status_name`.
-const STATUS_NAMES: [(qmul_status, &CStr); 12] = {
+const STATUS_NAMES: [(qmul_status, &CStr); 13] = {
     use qmul_status::*;
     [
         (QMUL_OK, c"QMUL_OK"),
@@ -341,6 +345,7 @@ const STATUS_NAMES: [(qmul_status, &CStr); 12] = {
         (QMUL_ERR_NULL_POINTER, c"QMUL_ERR_NULL_POINTER"),
         (QMUL_ERR_BUFFER_SIZE, c"QMUL_ERR_BUFFER_SIZE"),
         (QMUL_ERR_DIVERGED, c"QMUL_ERR_DIVERGED"),
+        (QMUL_ERR_NOT_FORGOTTEN, c"QMUL_ERR_NOT_FORGOTTEN"),
         (QMUL_ERR_BAD_FILE, c"QMUL_ERR_BAD_FILE"),
         (QMUL_ERR_CHECKSUM, c"QMUL_ERR_CHECKSUM"),
         (QMUL_ERR_UNSUPPORTED, c"QMUL_ERR_UNSUPPORTED"),

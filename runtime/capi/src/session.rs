@@ -78,9 +78,10 @@ pub struct qmul_unlearn_params {
     pub sparsity: f32,
     /// l1-sparse: initial penalty weight.
     pub l1_gamma: f32,
-    /// Learning-rate schedule: 0 cosine to zero updated every step (default),
-    /// 1 the reference code's cosine stepped once per epoch. (Added after the
-    /// first version: a caller whose `struct_size` ends before it gets 0.)
+    /// Learning-rate schedule: 0 the reference code's cosine stepped once per
+    /// epoch (`CosineAnnealingLR(T_max = epochs)`, the default), 1 cosine to
+    /// zero updated every step. (Added after the first version: a caller whose
+    /// `struct_size` ends before it gets 0.)
     pub schedule: i32,
 }
 
@@ -134,6 +135,12 @@ pub struct qmul_verification {
     pub fa_after: f64,
     pub mia_before: f64,
     pub mia_after: f64,
+    /// 1 when the deletion check passed (see docs/c-api.md for the criterion).
+    /// (This and `verdict` were added after the first version; a caller whose
+    /// `struct_size` ends before them does not get them.)
+    pub passed: i32,
+    /// The check's scenario and figures, NUL-terminated (cut to fit).
+    pub verdict: [c_char; 256],
 }
 
 /// FA, RA, TA and MIA-efficacy, in percent.
@@ -158,6 +165,11 @@ pub struct qmul_commit_params {
     pub receipts_path: *const c_char,
     /// The caller's name for the request (a ticket id), recorded in the receipt; may be NULL.
     pub request: *const c_char,
+    /// 1: commit even if the deletion check fails (the receipt records that
+    /// it was forced); 0: such a commit fails with `QMUL_ERR_NOT_FORGOTTEN`.
+    /// (Added after the first version: a caller whose `struct_size` ends
+    /// before it gets 0.)
+    pub force: i32,
 }
 
 /// What a commit wrote. Set `struct_size` before the call.
@@ -173,7 +185,7 @@ pub struct qmul_commit_result {
 
 const SESSION_PARAMS_V1: usize = std::mem::size_of::<qmul_session_params>();
 const UNLEARN_PARAMS_V1: usize = std::mem::size_of::<qmul_unlearn_params>();
-const COMMIT_PARAMS_V1: usize = std::mem::size_of::<qmul_commit_params>();
+const COMMIT_PARAMS_V1: usize = std::mem::offset_of!(qmul_commit_params, force);
 
 /// Default session settings: no budget limit.
 #[no_mangle]
@@ -234,10 +246,11 @@ pub extern "C" fn qmul_unlearn_default_params(method: i32) -> qmul_unlearn_param
 #[no_mangle]
 pub extern "C" fn qmul_commit_default_params() -> qmul_commit_params {
     qmul_commit_params {
-        struct_size: COMMIT_PARAMS_V1 as u32,
+        struct_size: std::mem::size_of::<qmul_commit_params>() as u32,
         model_path: std::ptr::null(),
         receipts_path: std::ptr::null(),
         request: std::ptr::null(),
+        force: 0,
     }
 }
 
@@ -639,11 +652,11 @@ pub unsafe extern "C" fn qmul_session_unlearn(
         up.momentum = p.momentum;
         up.weight_decay = p.weight_decay;
         up.schedule = match p.schedule {
-            0 => Schedule::CosinePerStep,
-            1 => Schedule::CosinePerEpoch,
+            0 => Schedule::CosinePerEpoch,
+            1 => Schedule::CosinePerStep,
             s => {
                 return Err(Error::invalid(format!(
-                    "schedule {s}: use 0 (per step) or 1 (per epoch)"
+                    "schedule {s}: use 0 (per epoch) or 1 (per step)"
                 )))
             }
         };
@@ -711,14 +724,20 @@ pub unsafe extern "C" fn qmul_session_verify(
             return Err(super::null("out_v"));
         }
         let v = s.lock()?.verify()?;
-        let r = qmul_verification {
+        let mut r = qmul_verification {
             struct_size: std::mem::size_of::<qmul_verification>() as u32,
             has_mia: v.before.mia.is_some() as i32,
             fa_before: v.before.fa,
             fa_after: v.after.fa,
             mia_before: v.before.mia.unwrap_or(f64::NAN),
             mia_after: v.after.mia.unwrap_or(f64::NAN),
+            passed: v.verdict.passed as i32,
+            verdict: [0; 256],
         };
+        fill_text(
+            &mut r.verdict,
+            &format!("{}: {}", v.verdict.scenario, v.verdict.detail),
+        );
         // SAFETY: the caller's contract.
         unsafe { write_result(out_v, r, 8, "out_v") }
     })
@@ -801,10 +820,16 @@ pub unsafe extern "C" fn qmul_session_commit(
         let model_path = opt(p.model_path, "model_path")?.map(std::path::Path::new);
         let receipts = opt(p.receipts_path, "receipts_path")?.map(std::path::Path::new);
         let request = opt(p.request, "request")?;
+        let force = match p.force {
+            0 => false,
+            1 => true,
+            f => return Err(Error::invalid(format!("force {f}: use 0 or 1"))),
+        };
         let c = s.lock()?.commit(&CommitTarget {
             model_path,
             receipts,
             request,
+            force,
         })?;
         let mut r = qmul_commit_result {
             struct_size: std::mem::size_of::<qmul_commit_result>() as u32,

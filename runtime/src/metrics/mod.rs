@@ -86,6 +86,11 @@ pub fn mia_efficacy(
 pub struct Forgetting {
     pub fa: f64,
     pub mia: Option<f64>,
+    /// Accuracy on the held-out (test) set, when one was given: what a
+    /// forget accuracy is compared with where no Retrain model exists
+    /// (absent in receipts written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ta: Option<f64>,
 }
 
 /// Accuracy (percent) and confidence features of `model` on a set.
@@ -126,8 +131,8 @@ pub fn scores(
     Ok(Scores { fa, ra, ta, mia })
 }
 
-/// FA and, when retain and test sets are given, MIA-efficacy on the forget
-/// set: what a deletion receipt records. Only the attack's members (the first
+/// FA, with a test set TA, and with retain and test sets MIA-efficacy on the
+/// forget set: what a deletion receipt records. Only the attack's members (the first
 /// len(test) retain samples) are evaluated, not the whole retain set.
 pub fn forgetting(
     model: &Model,
@@ -139,23 +144,32 @@ pub fn forgetting(
     nonempty(&forget, "forget")?;
     forget.check(model, "forget set")?;
     let (fa, f_conf) = accuracy_and_confidence(model, forget, batch)?;
-    let mia = match (retain, test) {
-        (Some(r), Some(t)) if !r.is_empty() && !t.is_empty() => {
-            r.check(model, "retain set")?;
+    let test = match test.filter(|t| !t.is_empty()) {
+        Some(t) => {
             t.check(model, "test set")?;
-            let m = t.len().min(r.len());
+            Some(accuracy_and_confidence(model, t, batch)?)
+        }
+        None => None,
+    };
+    let mia = match (retain, &test) {
+        (Some(r), Some((_, t_conf))) if !r.is_empty() => {
+            r.check(model, "retain set")?;
+            let m = t_conf.len().min(r.len());
             let il = model.graph.input_shape().len();
             let members = Samples {
                 images: &r.images[..m * il],
                 labels: &r.labels[..m],
             };
             let (_, m_conf) = accuracy_and_confidence(model, members, batch)?;
-            let (_, t_conf) = accuracy_and_confidence(model, t, batch)?;
-            Some(mia_efficacy(&m_conf, &t_conf, &f_conf)?)
+            Some(mia_efficacy(&m_conf, t_conf, &f_conf)?)
         }
         _ => None,
     };
-    Ok(Forgetting { fa, mia })
+    Ok(Forgetting {
+        fa,
+        mia,
+        ta: test.map(|(ta, _)| ta),
+    })
 }
 
 #[cfg(test)]

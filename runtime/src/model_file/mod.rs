@@ -7,6 +7,9 @@
 //!   `{name}.weight` F32 `[cout, k*k*cin]` with `(ky, kx, cin)` order;
 //!   `{name}.wq` F32 quantizer parameters when the quantizer has any;
 //!   linear also `{name}.bias`.
+//!   Quantized layers may also have `{name}.residual` I8 `[cout, k*k*cin]`:
+//!   each weight's position inside its rounding bin in 1/256 steps (format
+//!   version 3; all quantized layers or none; see [`crate::quant::sub_bin`]).
 //! * BatchNorm: `{name}.gamma`, `.beta`, `.running_mean`, `.running_var` F32.
 //! * Act: `{name}.q` F32 (PACT `[a]`, LSQ `[s]`, DSQ `[u, alpha]`).
 //!
@@ -30,11 +33,12 @@ use crate::model::Model;
 use std::path::Path;
 
 pub use read::{from_bytes, from_bytes_checked, Integrity, Loaded};
-pub use write::to_bytes;
+pub use write::{to_bytes, to_bytes_with, WriteOptions};
 
 pub const FORMAT: &str = "qmul";
-/// The version this build writes. Version 1 (no data checksum) is still read.
-pub const FORMAT_VERSION: &str = "2";
+/// The version this build writes. Version 1 (no data checksum) and 2 (no
+/// sub-bin residuals) are still read.
+pub const FORMAT_VERSION: &str = "3";
 pub const NIBBLE_ORDER: &str =
     "low-first: byte b of a row holds element 2b in bits 0-3 and element 2b+1 in bits 4-7; \
 rows padded with zero codes to a multiple of 32 elements";

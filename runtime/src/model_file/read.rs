@@ -26,8 +26,8 @@ use super::write::hex;
 use super::{invalid, ModelFileError, FORMAT, INPUT, NIBBLE_ORDER};
 use crate::graph::{Graph, Op, Precision, Shape};
 use crate::model::{Model, Slots};
-use crate::quant::act;
 use crate::quant::weight::{self, WeightQuant};
+use crate::quant::{act, sub_bin};
 use qmul_kernels::pack;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
@@ -55,7 +55,14 @@ pub struct Loaded {
     pub file_sha256: [u8; 32],
     pub format_version: u32,
     pub file_bytes: usize,
+    /// The file keeps each quantized weight's position inside its rounding
+    /// bin (see [`crate::quant::sub_bin`]); without it every latent weight
+    /// loads at its bin's centre.
+    pub sub_bin: bool,
 }
+
+/// Name suffix of the sub-bin residual tensors.
+const RESIDUAL: &str = ".residual";
 
 /// Parses and validates the bytes of a `.qmul` file.
 pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelFileError> {
@@ -101,9 +108,10 @@ pub fn from_bytes_checked(bytes: &[u8]) -> Result<Loaded, ModelFileError> {
     let version: u32 = match get("format_version")? {
         "1" => 1,
         "2" => 2,
+        "3" => 3,
         v => {
             return invalid(format!(
-                "unsupported format_version {v} (this build reads 1 and 2)"
+                "unsupported format_version {v} (this build reads 1 to 3)"
             ))
         }
     };
@@ -146,13 +154,20 @@ pub fn from_bytes_checked(bytes: &[u8]) -> Result<Loaded, ModelFileError> {
     let shapes = graph
         .shapes()
         .map_err(|e| ModelFileError::Invalid(e.to_string()))?;
-    check_tensor_list(&st, &expected_tensors(&graph, &shapes)?)?;
+    let sub_bin = st.names().iter().any(|n| n.ends_with(RESIDUAL));
+    if sub_bin && version < 3 {
+        return invalid(format!(
+            "residual tensors need format_version 3, the file says {version}"
+        ));
+    }
+    check_tensor_list(&st, &expected_tensors(&graph, &shapes, sub_bin)?)?;
     let mut model = Model::layout(graph).map_err(|e| ModelFileError::Invalid(e.to_string()))?;
     model.info = info;
-    fill(&mut model, &st)?;
+    fill(&mut model, &st, sub_bin)?;
     Ok(Loaded {
         model,
         integrity,
+        sub_bin,
         file_sha256: Sha256::digest(bytes).into(),
         format_version: version,
         file_bytes: bytes.len(),
@@ -172,7 +187,11 @@ fn mul(a: usize, b: usize) -> Result<usize, ModelFileError> {
 }
 
 /// Every tensor the graph needs, computed from the graph alone.
-fn expected_tensors(graph: &Graph, shapes: &[Shape]) -> Result<Vec<Expected>, ModelFileError> {
+fn expected_tensors(
+    graph: &Graph,
+    shapes: &[Shape],
+    sub_bin: bool,
+) -> Result<Vec<Expected>, ModelFileError> {
     let scheme = graph.scheme;
     let mut out = Vec::new();
     let f32t = |name: String, n: usize| Expected {
@@ -205,6 +224,13 @@ fn expected_tensors(graph: &Graph, shapes: &[Shape]) -> Result<Vec<Expected>, Mo
                 shape: vec![cout, rb],
             });
             v.push(f32t(format!("{name}.scale"), cout));
+            if sub_bin {
+                v.push(Expected {
+                    name: format!("{name}{RESIDUAL}"),
+                    dtype: Dtype::I8,
+                    shape: vec![cout, kdim],
+                });
+            }
         }
         Ok::<_, ModelFileError>(v)
     };
@@ -310,7 +336,7 @@ fn check_range(name: &str, q: &[f32], clamp: impl Fn(&mut [f32])) -> Result<(), 
 }
 
 /// Fills the allocated model from the (already listed and shape-checked) tensors.
-fn fill(model: &mut Model, st: &SafeTensors) -> Result<(), ModelFileError> {
+fn fill(model: &mut Model, st: &SafeTensors, sub_bin: bool) -> Result<(), ModelFileError> {
     let tensor = |name: &str| {
         st.tensor(name)
             .map_err(|_| ModelFileError::Invalid(format!("tensor '{name}' missing")))
@@ -343,15 +369,29 @@ fn fill(model: &mut Model, st: &SafeTensors) -> Result<(), ModelFileError> {
                     let cv = tensor(&cn)?;
                     model.params[w].data =
                         dequantize_rows(&cn, cv.data(), prec, rows, kdim, &scale)?;
-                    // The stored codes and scales must be what the quantizer gives back.
+                    let codes = stored_codes(cv.data(), prec, rows, kdim);
+                    if sub_bin {
+                        let rn = format!("{name}{RESIDUAL}");
+                        let r: &[i8] = bytemuck::cast_slice(tensor(&rn)?.data());
+                        if r.contains(&i8::MIN) {
+                            return invalid(format!(
+                                "{rn}: residual -128 is outside -{m}..={m}",
+                                m = sub_bin::MAX_UNITS
+                            ));
+                        }
+                        model.params[w].data = sub_bin::decode(&codes, r, &scale);
+                    }
+                    // The stored codes and scales must be what the quantizer
+                    // gives back (with the residuals, if any: a residual that
+                    // would move a weight's code or a max-abs scale is caught here).
                     let q =
                         weight::quantize(kind, &model.params[wq].data, &model.params[w].data, rows);
                     if q.scale != scale {
                         return invalid(format!(
-                            "{sn}: scales disagree with the quantizer parameters"
+                            "{sn}: scales disagree with the quantizer parameters{}",
+                            if sub_bin { " and residuals" } else { "" }
                         ));
                     }
-                    let codes = stored_codes(cv.data(), prec, rows, kdim);
                     if q.codes != codes {
                         return invalid(format!(
                             "{cn}: codes outside the quantizer's range for their scales"

@@ -5,6 +5,8 @@
 
 use super::{ModelFileError, FORMAT, FORMAT_VERSION, INPUT, NIBBLE_ORDER};
 use crate::model::{Model, QWeights, Slots};
+use crate::quant::sub_bin;
+use crate::quant::weight::{self, WeightQuant};
 use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -35,8 +37,28 @@ fn check_finite(model: &Model) -> Result<(), ModelFileError> {
     Ok(())
 }
 
-/// Serializes a model into the bytes of a `.qmul` file.
+/// What a file keeps besides what inference needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Each quantized weight's position inside its rounding bin
+    /// (`{name}.residual`, see [`crate::quant::sub_bin`]), so that unlearning
+    /// from the file starts where the last run left off. Inference ignores it.
+    pub sub_bin: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { sub_bin: true }
+    }
+}
+
+/// Serializes a model into the bytes of a `.qmul` file, with its sub-bin state.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
+    to_bytes_with(model, WriteOptions::default())
+}
+
+/// Serializes a model into the bytes of a `.qmul` file.
+pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, ModelFileError> {
     check_finite(model)?;
     let mut out: BTreeMap<String, Out> = BTreeMap::new();
     let qw = model
@@ -75,6 +97,23 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
                         );
                     }
                     None => return unwritable(format!("{name}: weights not quantized")),
+                }
+                let kind = match model.slots[i] {
+                    Slots::Conv { kind, .. } | Slots::Linear { kind, .. } => kind,
+                    _ => WeightQuant::None,
+                };
+                if opts.sub_bin && kind != WeightQuant::None {
+                    let (wl, qp) = (&model.params[*w], &model.params[*wq].data);
+                    let q = weight::quantize(kind, qp, &wl.data, rows);
+                    let r = sub_bin::encode(kind, &wl.data, &q.codes, &q.scale);
+                    out.insert(
+                        format!("{name}.residual"),
+                        Out(
+                            Dtype::I8,
+                            wl.shape.clone(),
+                            bytemuck::cast_slice(&r).to_vec(),
+                        ),
+                    );
                 }
                 let q = &model.params[*wq];
                 if !q.data.is_empty() {

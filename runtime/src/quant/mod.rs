@@ -4,6 +4,7 @@
 
 pub mod act;
 pub mod dsq;
+pub mod sub_bin;
 pub mod weight;
 
 /// Round half to even, as PyTorch's `torch.round`, so codes match across tools.

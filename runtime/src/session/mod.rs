@@ -16,6 +16,7 @@ pub mod alloc;
 pub mod plan;
 pub mod receipt;
 pub mod sets;
+pub mod verdict;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::graph::{Op, Precision, QuantScheme, Shape};
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+pub use verdict::Verdict;
 
 /// A model opened for use: validated, immutable, shareable between threads.
 #[derive(Debug)]
@@ -41,6 +43,7 @@ pub struct OpenModel {
     file_sha256: [u8; 32],
     integrity: Integrity,
     file_bytes: usize,
+    sub_bin: bool,
 }
 
 /// What a model is, for a caller deciding how to use it.
@@ -88,6 +91,7 @@ impl OpenModel {
             file_sha256: loaded.file_sha256,
             integrity: loaded.integrity,
             file_bytes: loaded.file_bytes,
+            sub_bin: loaded.sub_bin,
         }))
     }
 
@@ -102,6 +106,7 @@ impl OpenModel {
             file_sha256: loaded.file_sha256,
             integrity: loaded.integrity,
             file_bytes: loaded.file_bytes,
+            sub_bin: loaded.sub_bin,
         }))
     }
 
@@ -112,8 +117,36 @@ impl OpenModel {
         OpenModel::from_bytes(&bytes)
     }
 
+    /// A model in memory with its exact f32 latent weights (a training run's
+    /// own state, finer than the file's 1/256-step residuals). Its identity in
+    /// receipts is the file it would be saved as; sessions start from the
+    /// exact weights.
+    pub fn from_exact_model(model: Model) -> Result<Arc<OpenModel>> {
+        let bytes = model_file::to_bytes(&model)?;
+        let loaded = model_file::from_bytes_checked(&bytes)?;
+        if loaded.model.weight_codes() != model.weight_codes() {
+            return Err(Error::invalid(
+                "the model's weights do not survive saving with the same codes",
+            ));
+        }
+        Ok(Arc::new(OpenModel {
+            model,
+            path: None,
+            file_sha256: loaded.file_sha256,
+            integrity: loaded.integrity,
+            file_bytes: loaded.file_bytes,
+            sub_bin: loaded.sub_bin,
+        }))
+    }
+
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Whether the model's file keeps each weight's place inside its rounding
+    /// bin (otherwise unlearning starts at the bins' centres).
+    pub fn has_sub_bin(&self) -> bool {
+        self.sub_bin
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -226,11 +259,13 @@ struct Candidate {
     after: Option<Forgetting>,
 }
 
-/// FA and MIA on the forget set before and after an unlearning run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// FA and MIA on the forget set before and after an unlearning run, and
+/// whether that counts as a deletion (see [`verdict`]).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Verification {
     pub before: Forgetting,
     pub after: Forgetting,
+    pub verdict: Verdict,
 }
 
 /// Which model of a session to evaluate.
@@ -261,6 +296,8 @@ pub struct CommitTarget<'a> {
     pub receipts: Option<&'a Path>,
     /// The caller's name for the request, recorded in the receipt.
     pub request: Option<&'a str>,
+    /// Commit even if the deletion check fails (the receipt says so).
+    pub force: bool,
 }
 
 /// Lets another thread cancel a session's unlearning.
@@ -547,6 +584,7 @@ impl Session {
         let seen = Forgetting {
             fa: s.fa,
             mia: Some(s.mia),
+            ta: Some(s.ta),
         };
         match which {
             Which::Current => self.baseline = Some(seen),
@@ -593,7 +631,28 @@ impl Session {
                 a
             }
         };
-        Ok(Verification { before, after })
+        let scenario = self.scenario()?;
+        let n = self.forget.as_ref().map_or(0, SampleSet::len);
+        let verdict = verdict::judge(scenario, &before, &after, n);
+        Ok(Verification {
+            before,
+            after,
+            verdict,
+        })
+    }
+
+    /// Which deletion check applies to the session's sets.
+    fn scenario(&self) -> Result<verdict::Scenario> {
+        let f = self
+            .forget
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no forget set"))?;
+        let retain = self.retain.as_ref().map(|r| r.samples().labels);
+        Ok(verdict::Scenario::of(
+            f.samples().labels,
+            retain,
+            self.current.model().classes(),
+        ))
     }
 
     /// The batch a run uses: the one asked for, or (0) the largest up to
@@ -745,10 +804,22 @@ impl Session {
             check_receipt_path(r, &paths)?;
             receipt::preflight(r)?;
         }
-        let verification = match target.receipts {
-            Some(_) => Some(self.verify()?),
-            None => None,
-        };
+        // The deletion is checked before anything is written: a failed check
+        // commits only when the caller forces it, and the receipt says so.
+        let mut verification = self.verify()?;
+        if !verification.verdict.passed {
+            if !target.force {
+                return Err(Error::new(
+                    ErrorKind::NotForgotten,
+                    format!(
+                        "the deletion check failed ({}: {}); nothing was written. Unlearn \
+                         longer or with a larger rate, or force the commit",
+                        verification.verdict.scenario, verification.verdict.detail
+                    ),
+                ));
+            }
+            verification.verdict.forced = true;
+        }
         let cand = self
             .candidate
             .as_ref()
@@ -762,12 +833,15 @@ impl Session {
         })?;
         let before_sha = self.current.file_sha256();
         let after_sha = crate::model_file::write::hex(&loaded.file_sha256);
-        let rec = match (target.receipts, verification) {
-            (Some(_), Some(v)) => {
-                Some(self.receipt_for(&path, target.request, v, &before_sha, &after_sha))
-            }
-            _ => None,
-        };
+        let rec = target.receipts.map(|_| {
+            self.receipt_for(
+                &path,
+                target.request,
+                verification.clone(),
+                &before_sha,
+                &after_sha,
+            )
+        });
         crate::durable::replace(&path, &bytes).map_err(Error::from)?;
         drop(bytes);
         self.current = Arc::new(OpenModel {
@@ -776,6 +850,7 @@ impl Session {
             file_sha256: loaded.file_sha256,
             integrity: loaded.integrity,
             file_bytes: loaded.file_bytes,
+            sub_bin: loaded.sub_bin,
         });
         self.candidate = None;
         self.baseline = None;
@@ -825,6 +900,7 @@ impl Session {
             params: report.map(|r| r.params.clone()).unwrap_or_default(),
             before: v.before,
             after: v.after,
+            verdict: Some(v.verdict),
             model_path: path.display().to_string(),
             model_before_sha256: before_sha.to_string(),
             model_after_sha256: after_sha.to_string(),

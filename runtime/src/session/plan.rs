@@ -554,22 +554,39 @@ pub fn evaluate(m: &Model, forget: usize, retain: usize, test: usize, batch: usi
     kept + svm + forward(m).at(batch.min(largest).max(1))
 }
 
-/// An upper bound of the serialized file: each layer's codes (or f32 weights),
-/// every other tensor as f32, and a header of at most 64 KiB per 64 nodes.
+/// The number of weights of each conv and linear layer (all, and quantized).
+fn weight_counts(m: &Model) -> (usize, Vec<usize>) {
+    let (mut all, mut quantized) = (0, Vec::new());
+    for s in &m.slots {
+        if let Some((w, kind)) = s
+            .conv()
+            .map(|c| (c.0, c.2))
+            .or(s.linear().map(|l| (l.0, l.3)))
+        {
+            all += m.params[w].data.len();
+            if kind != WeightQuant::None {
+                quantized.push(m.params[w].data.len());
+            }
+        }
+    }
+    (all, quantized)
+}
+
+/// An upper bound of the serialized file: each layer's codes (or f32 weights)
+/// and sub-bin residuals (one byte per quantized weight), every other tensor as
+/// f32, and a header of at most 64 KiB per 64 nodes.
 fn file_bytes(m: &Model) -> u64 {
     let codes = view(m).pass_weights_held();
-    let weights: usize = m
-        .slots
-        .iter()
-        .filter_map(|s| s.conv().map(|c| c.0).or(s.linear().map(|l| l.0)))
-        .map(|w| m.params[w].data.len())
-        .sum();
+    let (weights, quantized) = weight_counts(m);
+    let residuals: usize = quantized.iter().sum();
     let others = m.param_count() + m.buffers.iter().map(|t| t.data.len()).sum::<usize>() - weights;
-    codes + f32s(others) + (64 << 10) * (1 + m.graph.nodes.len() as u64 / 64)
+    codes + residuals as u64 + f32s(others) + (64 << 10) * (1 + m.graph.nodes.len() as u64 / 64)
 }
 
 /// Writing a model: its weights quantized, the tensors' bytes and the file
-/// (twice the file), and the model parsed back from them to prove they load.
+/// (twice the file), one layer's codes and residuals at a time while the
+/// residuals are computed, and the model parsed back from them to prove they load.
 pub fn commit(m: &Model) -> u64 {
-    2 * file_bytes(m) + model_bytes(m) + view(m).pass_weights().fixed
+    let largest = weight_counts(m).1.into_iter().max().unwrap_or(0) as u64;
+    2 * file_bytes(m) + 2 * largest + model_bytes(m) + view(m).pass_weights().fixed
 }

@@ -63,6 +63,9 @@ pub struct Receipt {
     /// Integer weight codes each epoch changed (empty in older records).
     #[serde(default)]
     pub codes_changed: Vec<u64>,
+    /// The on-device deletion check (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<super::Verdict>,
     pub library: String,
     pub checksum: String,
 }
@@ -298,10 +301,12 @@ mod tests {
             before: Forgetting {
                 fa: 99.5,
                 mia: Some(2.25),
+                ta: Some(90.5),
             },
             after: Forgetting {
                 fa: 80.125,
                 mia: None,
+                ta: None,
             },
             model_path: "m.qmul".into(),
             model_before_sha256: "11".repeat(32),
@@ -310,6 +315,12 @@ mod tests {
             finished_unix: 2,
             unlearn_seconds: 0.1 + 0.2,
             codes_changed: vec![12, 3],
+            verdict: Some(super::super::Verdict {
+                passed: true,
+                scenario: "random".into(),
+                detail: "test".into(),
+                forced: false,
+            }),
             library: String::new(),
             checksum: String::new(),
         }

@@ -57,7 +57,7 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
     if a.json {
         let mut v = serde_json::json!({
             "fa": s.fa, "ra": s.ra, "ta": s.ta, "mia": s.mia,
-            "forget": split.forget.len(), "retain": split.retain.len(), "test": split.test.len(),
+            "forget": split.forgotten().len(), "retain": split.retain.len(), "test": split.test.len(),
         });
         if let Some(g) = gap {
             v["avg_gap"] = g.into();
@@ -70,7 +70,7 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
             s.ra,
             s.ta,
             s.mia,
-            split.forget.len(),
+            split.forgotten().len(),
             split.retain.len(),
             split.test.len()
         );

@@ -16,7 +16,7 @@ use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::metrics::avg_gap;
 use qmul_runtime::session::OpenModel;
-use qmul_runtime::unlearn::Config;
+use qmul_runtime::unlearn::{Config, Schedule};
 use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -70,6 +70,79 @@ pub struct ExperimentArgs {
     /// random experiment on the same data, can share one original model.
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Learning-rate schedule of every method: epoch (the reference code's
+    /// cosine stepped once per epoch, the default) or step (per-step cosine to
+    /// zero; every report made before the default changed used it).
+    #[arg(long, default_value = "epoch")]
+    pub schedule: String,
+    /// What unlearning starts from: file (the original's file as saved: codes
+    /// and, in files written since format version 3, each weight's position in
+    /// its rounding bin), codes (the codes alone, every latent weight at its
+    /// bin's centre) or latent (the training run's exact f32 latent weights,
+    /// kept beside the cached original as `<model>.latent`).
+    #[arg(long, default_value = "file")]
+    pub start: String,
+}
+
+/// What an experiment's unlearning runs start from (`--start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    File,
+    Codes,
+    Latent,
+}
+
+impl Start {
+    fn parse(s: &str) -> Result<Start, String> {
+        match s {
+            "file" => Ok(Start::File),
+            "codes" => Ok(Start::Codes),
+            "latent" => Ok(Start::Latent),
+            o => Err(format!("unknown --start '{o}' (file, codes, latent)")),
+        }
+    }
+}
+
+/// The session's view of the original for `start`.
+fn start_model(
+    original: &Model,
+    path: &Path,
+    start: Start,
+) -> Result<std::sync::Arc<OpenModel>, String> {
+    let e = |e: qmul_runtime::error::Error| e.to_string();
+    match start {
+        Start::File => {
+            let open = OpenModel::from_model(original.clone()).map_err(e)?;
+            if !open.has_sub_bin() {
+                eprintln!(
+                    "note: {} keeps no sub-bin state (written before format version 3): \
+                     unlearning starts at the bins' centres",
+                    path.display()
+                );
+            }
+            Ok(open)
+        }
+        Start::Codes => {
+            let plain =
+                model_file::to_bytes_with(original, model_file::WriteOptions { sub_bin: false })
+                    .map_err(|e| e.to_string())?;
+            OpenModel::from_bytes(&plain).map_err(e)
+        }
+        Start::Latent => {
+            let mut m = original.clone();
+            let lp = train::latent_path(path);
+            if !lp.exists() {
+                return Err(format!(
+                    "--start latent: {} is missing (the original was trained before latent \
+                     files were kept; delete {} to retrain it)",
+                    lp.display(),
+                    path.display()
+                ));
+            }
+            train::load_latent(&mut m, &lp)?;
+            OpenModel::from_exact_model(m).map_err(e)
+        }
+    }
 }
 
 /// `(epochs, lr)` overrides of one method from `--set`.
@@ -132,6 +205,16 @@ fn without_grid(s: &serde_json::Value) -> serde_json::Value {
 
 /// Trains a model from scratch on `train` unless a cached one exists; with it,
 /// the wall time its training took, where the model records one.
+/// Where `cached_model` keeps the model of `tag` and `key`.
+fn cached_path(dir: &Path, tag: &str, key: &str) -> PathBuf {
+    let hash: String = Sha256::digest(key.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("{tag}-{hash}.qmul"))
+}
+
 fn cached_model(
     dir: &Path,
     tag: &str,
@@ -140,12 +223,7 @@ fn cached_model(
     train_set: &Dataset,
     tcfg: &TrainConfig,
 ) -> Result<(Model, Option<f64>), String> {
-    let hash: String = Sha256::digest(key.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let path = dir.join(format!("{tag}-{hash}.qmul"));
+    let path = cached_path(dir, tag, key);
     if path.exists() {
         let m = model_file::load(&path).map_err(|e| e.to_string())?;
         let secs = train::train_seconds(&m);
@@ -199,6 +277,7 @@ fn cached_model(
     let secs = train::train_seconds(&m);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
+    train::save_latent(&m, &train::latent_path(&path))?;
     train::remove_checkpoint(&ck);
     Ok((m, secs))
 }
@@ -311,6 +390,9 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     let spec = ForgetSpec::parse(&a.forget)?;
     let split = forgetting::split(&spec, &tr, &te)?;
     let grid = a.grid.as_deref().map(parse_grid).transpose()?;
+    let schedule = Schedule::parse(&a.schedule)
+        .ok_or_else(|| format!("unknown --schedule '{}' (epoch, step)", a.schedule))?;
+    let start = Start::parse(&a.start)?;
     let methods: Vec<String> = a
         .methods
         .split(',')
@@ -356,6 +438,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         tcfg
     );
     let (original, _) = cached_model(&cache, "original", &base_key, &cfg, &tr, &tcfg)?;
+    let original_path = cached_path(&cache, "original", &base_key);
     let retain_set = tr.subset(&complement(tr.len(), &split.forget));
     let (retrain, retrain_secs) = cached_model(
         &cache,
@@ -377,6 +460,15 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         "train_epochs": a.train_epochs, "train_lr": a.train_lr, "augment": !a.no_augment, "set": a.set, "grid": a.grid, "batch": a.batch,
         "agr_retain_estimate": "retain batches sampled to the forget loader's batch count",
     });
+    // Keys that older reports lack are added only when they differ from what
+    // those reports used, so that the reports stay resumable.
+    let mut setting = setting;
+    if schedule != Schedule::legacy() {
+        setting["schedule"] = schedule.name().into();
+    }
+    if start != Start::File {
+        setting["start"] = a.start.clone().into();
+    }
     if results.runs.is_empty() && results.tuning.is_empty() {
         results.setting = setting;
     } else if without_grid(&results.setting) != without_grid(&setting) {
@@ -432,12 +524,13 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         variant: None,
         sparsity: 0.5,
         l1_gamma: 5e-4,
-        schedule: "step".into(),
+        schedule: a.schedule.clone(),
+        force: false,
         budget_mib: None,
         out: PathBuf::new(),
         receipt: None,
     };
-    let original_open = OpenModel::from_model(original.clone()).map_err(|e| e.to_string())?;
+    let original_open = start_model(&original, &original_path, start)?;
     if let Some(grid) = &grid {
         let vf = validation_forget(&spec, &tr, &split);
         let vsplit = forgetting::Split {
@@ -449,6 +542,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 .collect(),
             class: spec.class().map(|k| (k + 1) % tr.classes),
             forget: vf,
+            earlier: Vec::new(),
         };
         let vretain = tr.subset(&vsplit.retain);
         let (vmodel, _) = cached_model(

@@ -89,7 +89,8 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     let full_len = tr.len();
     if let Some(ex) = &a.exclude {
         let spec = ForgetSpec::parse(ex)?;
-        let removed = spec.indices(&tr)?;
+        // A request of a sequence leaves out every part forgotten so far.
+        let removed = crate::forgetting::union(&spec.indices(&tr)?, &spec.earlier(&tr));
         tr = tr.subset(&complement(tr.len(), &removed));
         eprintln!(
             "excluding {} of {full_len} training images ({ex})",

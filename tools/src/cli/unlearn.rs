@@ -50,10 +50,14 @@ pub struct UnlearnArgs {
     /// l1-sparse: initial penalty weight.
     #[arg(long, default_value_t = 5e-4)]
     pub l1_gamma: f32,
-    /// Learning-rate schedule: step (cosine to zero, updated every step) or
-    /// epoch (the reference code's cosine stepped once per epoch).
-    #[arg(long, default_value = "step")]
+    /// Learning-rate schedule: epoch (the reference code's cosine stepped once
+    /// per epoch, `CosineAnnealingLR(T_max = epochs)`) or step (cosine to zero,
+    /// updated every step).
+    #[arg(long, default_value = "epoch")]
     pub schedule: String,
+    /// Commit even if the deletion check fails (the receipt records it).
+    #[arg(long)]
+    pub force: bool,
     /// Memory budget of the session in MiB (default: unlimited).
     #[arg(long)]
     pub budget_mib: Option<u64>,
@@ -160,8 +164,11 @@ pub fn run(
         a.l1_gamma,
     )?;
     let mut session = session_for(model.clone(), tr, te, split, budget)?;
+    // A request of a sequence is measured on everything forgotten so far.
+    let cumulative = !split.earlier.is_empty();
     let before = match before {
         Some(b) => b,
+        None if cumulative => forgetting::scores(model.model(), tr, te, split)?,
         None => session.evaluate(Which::Current).map_err(s)?.0,
     };
     let t0 = Instant::now();
@@ -242,7 +249,10 @@ pub fn run(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    let (after, _) = session.evaluate(Which::Unlearned).map_err(s)?;
+    let after = match session.unlearned() {
+        Some((m, _)) if cumulative => forgetting::scores(m, tr, te, split)?,
+        _ => session.evaluate(Which::Unlearned).map_err(s)?.0,
+    };
     let (_, report) = session
         .unlearned()
         .ok_or("the session holds no unlearned model")?;
@@ -292,13 +302,22 @@ pub fn commit(
     out: &std::path::Path,
     receipts: Option<&std::path::Path>,
     request: &str,
+    force: bool,
 ) -> Result<CommitReport, String> {
+    let v = o.session.verify().map_err(|e| e.to_string())?;
+    println!(
+        "deletion check ({}): {}: {}",
+        v.verdict.scenario,
+        if v.verdict.passed { "passed" } else { "FAILED" },
+        v.verdict.detail
+    );
     let c = o
         .session
         .commit(&CommitTarget {
             model_path: Some(out),
             receipts,
             request: Some(request),
+            force,
         })
         .map_err(|e| e.to_string())?;
     Ok(c)
@@ -345,7 +364,7 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
     }
     print_table(&out.before, &out.after);
     print_memory(&out.memory);
-    let c = commit(&mut out, &a.out, a.receipt.as_deref(), &a.forget)?;
+    let c = commit(&mut out, &a.out, a.receipt.as_deref(), &a.forget, a.force)?;
     println!(
         "{} in {:.1}s, committed {}",
         a.method,
