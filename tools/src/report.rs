@@ -4,6 +4,7 @@
 
 use qmul_runtime::metrics::Scores;
 use qmul_runtime::model_file;
+use qmul_runtime::session::Verdict;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -19,6 +20,12 @@ pub struct RunResult {
     pub config: serde_json::Value,
     #[serde(default)]
     pub epochs: Vec<qmul_runtime::unlearn::EpochLog>,
+    /// The on-device deletion check of the result (absent in older results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Verdict>,
+    /// Which request of a sequence this run is (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<usize>,
 }
 
 impl RunResult {
@@ -48,6 +55,105 @@ pub struct Results {
     /// Grid-search trials on the validation scenario (one per method x setting).
     #[serde(default)]
     pub tuning: Vec<TuneTrial>,
+    /// A sequence of deletion requests: the original's and each request's
+    /// Retrain's scores on everything forgotten up to that request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<RequestRef>,
+}
+
+/// The reference points of request `request` of a sequence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRef {
+    pub request: usize,
+    /// Samples forgotten by this and every earlier request.
+    pub forgotten: usize,
+    pub original: Scores,
+    pub retrain: Scores,
+    pub retrain_seconds: Option<f64>,
+}
+
+/// A sequence's table: per request, the original, its Retrain and every
+/// method (mean over seeds), measured on everything forgotten so far.
+pub fn sequence_table(r: &Results) -> String {
+    if r.requests.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "| request | forgotten | method | FA | RA | TA | MIA | Avg. Gap | check passed | time (s) | entropy / m-entropy / loss attacks |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let attacks = |sc: &[&Scores]| {
+        let v: Vec<_> = sc.iter().filter_map(|x| x.attacks).collect();
+        if v.is_empty() {
+            return "-".to_string();
+        }
+        let mean = |f: &dyn Fn(&qmul_runtime::metrics::Attacks) -> f64| {
+            mean_std(&v.iter().map(f).collect::<Vec<_>>()).0
+        };
+        format!(
+            "{:.2} / {:.2} / {:.2}",
+            mean(&|a| a.entropy),
+            mean(&|a| a.m_entropy),
+            mean(&|a| a.loss)
+        )
+    };
+    for q in &r.requests {
+        let og = qmul_runtime::metrics::avg_gap(&q.original, &q.retrain);
+        let (o, t) = (&q.original, &q.retrain);
+        s += &format!(
+            "| {} | {} | original | {:.2} | {:.2} | {:.2} | {:.2} | {og:.2} | - | - | {} |\n",
+            q.request,
+            q.forgotten,
+            o.fa,
+            o.ra,
+            o.ta,
+            o.mia,
+            attacks(&[o])
+        );
+        s += &format!(
+            "| {} | {} | retrain | {:.2} | {:.2} | {:.2} | {:.2} | 0.00 | - | {} | {} |\n",
+            q.request,
+            q.forgotten,
+            t.fa,
+            t.ra,
+            t.ta,
+            t.mia,
+            q.retrain_seconds.map_or("-".into(), |x| format!("{x:.0}")),
+            attacks(&[t])
+        );
+        for m in methods(r) {
+            let runs: Vec<&RunResult> = r
+                .runs
+                .iter()
+                .filter(|x| x.method == m && x.request == Some(q.request))
+                .collect();
+            if runs.is_empty() {
+                continue;
+            }
+            let col = |f: &dyn Fn(&RunResult) -> f64| {
+                cell(&runs.iter().map(|x| f(x)).collect::<Vec<_>>())
+            };
+            let pass = runs
+                .iter()
+                .filter(|x| x.check.as_ref().is_some_and(|v| v.passed))
+                .count();
+            let sc: Vec<&Scores> = runs.iter().map(|x| &x.scores).collect();
+            s += &format!(
+                "| {} | {} | {m} | {} | {} | {} | {} | {} | {pass}/{} | {} | {} |\n",
+                q.request,
+                q.forgotten,
+                col(&|x| x.scores.fa),
+                col(&|x| x.scores.ra),
+                col(&|x| x.scores.ta),
+                col(&|x| x.scores.mia),
+                col(&|x| x.avg_gap),
+                runs.len(),
+                col(&|x| x.seconds),
+                attacks(&sc)
+            );
+        }
+    }
+    s
 }
 
 /// One setting of one method tried on the validation scenario.
@@ -59,6 +165,9 @@ pub struct TuneTrial {
     pub scores: Scores,
     pub avg_gap: f64,
     pub seconds: f64,
+    /// The on-device deletion check of the trial's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Verdict>,
 }
 
 /// The setting with the lowest validation Average Gap of each method.
@@ -222,7 +331,147 @@ pub fn load(dir: &Path) -> Result<Results, String> {
 /// The whole report: the method table, each metric's gap to Retrain, AGR's
 /// per-epoch figures, the tuning trials.
 pub fn markdown(r: &Results) -> String {
-    table(r) + &gap_table(r) + &agr_table(r) + &tuning_table(r)
+    if !r.requests.is_empty() {
+        return sequence_table(r) + &codes_table(r);
+    }
+    table(r)
+        + &gap_table(r)
+        + &attack_table(r)
+        + &codes_table(r)
+        + &check_table(r)
+        + &agr_table(r)
+        + &tuning_table(r)
+}
+
+/// Every membership attack's efficacy (mean over seeds) where the results
+/// have them: the confidence attack of the Average Gap, then the entropy,
+/// modified-entropy and loss-threshold attacks (`qmul_runtime::metrics::attacks`).
+pub fn attack_table(r: &Results) -> String {
+    if !r.runs.iter().any(|x| x.scores.attacks.is_some()) {
+        return String::new();
+    }
+    let mut s = String::from(
+        "\n## Membership attacks (efficacy %: forget samples called non-members; mean over seeds)\n\n\
+         | method | confidence (MIA) | entropy | modified entropy | loss threshold |\n|---|---|---|---|---|\n",
+    );
+    let row = |name: &str, sc: &[&Scores]| {
+        let col = |f: &dyn Fn(&Scores) -> Option<f64>| {
+            let v: Vec<f64> = sc.iter().filter_map(|x| f(x)).collect();
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                cell(&v)
+            }
+        };
+        format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            col(&|x| Some(x.mia)),
+            col(&|x| x.attacks.map(|a| a.entropy)),
+            col(&|x| x.attacks.map(|a| a.m_entropy)),
+            col(&|x| x.attacks.map(|a| a.loss))
+        )
+    };
+    if let Some(o) = &r.original {
+        s += &row("original", &[o]);
+    }
+    if let Some(rt) = &r.retrain {
+        s += &row("retrain", &[rt]);
+    }
+    for m in methods(r) {
+        let sc: Vec<&Scores> = r
+            .runs
+            .iter()
+            .filter(|x| x.method == m)
+            .map(|x| &x.scores)
+            .collect();
+        s += &row(&m, &sc);
+    }
+    s
+}
+
+/// Weight codes each epoch changed (mean over seeds).
+pub fn codes_table(r: &Results) -> String {
+    let mut s = String::new();
+    for m in methods(r) {
+        let runs: Vec<&RunResult> = r.runs.iter().filter(|x| x.method == m).collect();
+        let n = runs.iter().map(|x| x.epochs.len()).max().unwrap_or(0);
+        let per: Vec<String> = (0..n)
+            .filter_map(|e| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|x| x.epochs.get(e)?.codes_changed.map(|c| c as f64))
+                    .collect();
+                (!v.is_empty()).then(|| format!("{:.0}", mean_std(&v).0))
+            })
+            .collect();
+        if per.is_empty() {
+            continue;
+        }
+        if s.is_empty() {
+            s += "\n## Weight codes changed per epoch (mean over seeds)\n\n| method | epoch 1, 2, ... |\n|---|---|\n";
+        }
+        s += &format!("| {m} | {} |\n", per.join(", "));
+    }
+    s
+}
+
+/// How the on-device deletion check (no Retrain) agrees with the Average Gap
+/// (with a Retrain), over every run and tuning trial that recorded it. A gap
+/// is "low" when the run closed at least half of the original's distance to
+/// Retrain (AG at most half the original's AG), else "high".
+pub fn check_table(r: &Results) -> String {
+    let (Some(o), Some(rt)) = (&r.original, &r.retrain) else {
+        return String::new();
+    };
+    let bar = qmul_runtime::metrics::avg_gap(o, rt) / 2.0;
+    let all: Vec<(f64, &Verdict)> = r
+        .runs
+        .iter()
+        .filter_map(|x| Some((x.avg_gap, x.check.as_ref()?)))
+        .chain(
+            r.tuning
+                .iter()
+                .filter_map(|t| Some((t.avg_gap, t.check.as_ref()?))),
+        )
+        .collect();
+    if all.is_empty() {
+        return String::new();
+    }
+    let count = |low: bool, pass: bool| {
+        all.iter()
+            .filter(|(g, v)| (*g <= bar) == low && v.passed == pass)
+            .count()
+    };
+    let mut s = format!(
+        "\n## Deletion check against the Average Gap ({} runs and trials; low gap: AG <= {bar:.2}, half the original's)\n\n\
+         | | check passed | check failed |\n|---|---|---|\n",
+        all.len()
+    );
+    s += &format!(
+        "| low gap | {} | {} |\n",
+        count(true, true),
+        count(true, false)
+    );
+    s += &format!(
+        "| high gap | {} | {} |\n",
+        count(false, true),
+        count(false, false)
+    );
+    for m in methods(r) {
+        let runs: Vec<&RunResult> = r
+            .runs
+            .iter()
+            .filter(|x| x.method == m && x.check.is_some())
+            .collect();
+        if !runs.is_empty() {
+            let pass = runs
+                .iter()
+                .filter(|x| x.check.as_ref().is_some_and(|v| v.passed))
+                .count();
+            s += &format!("\n{m}: {pass} of {} runs pass", runs.len());
+        }
+    }
+    s + "\n"
 }
 
 /// Each metric's distance to Retrain (mean over seeds) beside the setting each
@@ -373,6 +622,64 @@ pub fn gap_chart(r: &Results) -> String {
 mod tests {
     use super::*;
 
+    /// The attack, code-change and deletion-check tables from hand-made runs.
+    #[test]
+    fn attack_codes_and_check_tables() {
+        let sc = |fa, e| Scores {
+            fa,
+            ra: 99.0,
+            ta: 90.0,
+            mia: 10.0,
+            attacks: Some(qmul_runtime::metrics::Attacks {
+                entropy: e,
+                m_entropy: 2.0 * e,
+                loss: 3.0 * e,
+            }),
+        };
+        let v = |passed| Verdict {
+            passed,
+            scenario: "random".into(),
+            detail: String::new(),
+            forced: false,
+        };
+        let mut r = Results {
+            original: Some(sc(100.0, 1.0)),
+            retrain: Some(sc(90.0, 5.0)),
+            ..Default::default()
+        };
+        // Original AG 2.5: the low-gap bar is 1.25.
+        for (seed, fa, e, pass) in [(0, 92.0, 4.0, true), (1, 98.0, 6.0, false)] {
+            r.runs.push(RunResult {
+                method: "qmul".into(),
+                seed,
+                scores: sc(fa, e),
+                avg_gap: (fa - 90.0) / 4.0,
+                seconds: 1.0,
+                config: Default::default(),
+                epochs: vec![qmul_runtime::unlearn::EpochLog {
+                    codes_changed: Some(100 * (seed + 1)),
+                    ..Default::default()
+                }],
+                check: Some(v(pass)),
+                request: None,
+            });
+        }
+        let a = attack_table(&r);
+        assert!(
+            a.contains("| retrain | 10.00 | 5.00 | 10.00 | 15.00 |"),
+            "{a}"
+        );
+        assert!(a.contains("| qmul | 10.00 ± 0.00 | 5.00 ± 1.41 |"), "{a}");
+        let c = codes_table(&r);
+        assert!(c.contains("| qmul | 150 |"), "{c}");
+        let k = check_table(&r);
+        assert!(
+            k.contains("| low gap | 1 | 0 |") && k.contains("| high gap | 0 | 1 |"),
+            "{k}"
+        );
+        assert!(k.contains("qmul: 1 of 2 runs pass"), "{k}");
+    }
+
     #[test]
     fn table_has_mean_and_std_over_seeds() {
         let sc = |fa| Scores {
@@ -380,6 +687,7 @@ mod tests {
             ra: 99.0,
             ta: 90.0,
             mia: 10.0,
+            attacks: None,
         };
         let mut r = Results {
             original: Some(sc(100.0)),
@@ -395,6 +703,8 @@ mod tests {
                 seconds: 10.0,
                 config: Default::default(),
                 epochs: vec![],
+                check: None,
+                request: None,
             });
         }
         let t = table(&r);
@@ -442,6 +752,7 @@ mod tests {
             scores: sc(91.0),
             avg_gap: 0.25,
             seconds: 1.0,
+            check: None,
         });
         let g = gap_table(&r);
         assert!(

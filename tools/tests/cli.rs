@@ -347,24 +347,78 @@ fn demo_runs_on_what_the_repository_ships() {
             .arg(dir.path()),
     );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(out.matches("before ").count(), 2, "{out}");
+    // Two requests in a row on one file, then the class-wise run.
+    assert_eq!(out.matches("before ").count(), 3, "{out}");
+    assert_eq!(out.matches("deletion check (").count(), 3, "{out}");
+    assert!(out.contains("metrics on all 500 forgotten so far"), "{out}");
     assert!(
-        dir.path().join("forget-random10.qmul").exists()
-            && dir.path().join("forget-class.qmul").exists()
+        dir.path().join("model.qmul").exists() && dir.path().join("forget-class.qmul").exists()
     );
+    // Every committed request has its receipt; a failed check commits nothing.
+    let committed = out.matches("; committed ").count();
+    let refused = out
+        .matches("not committed: the deletion check failed")
+        .count();
+    assert_eq!(committed + refused, 3, "{out}");
     let receipts = std::fs::read_to_string(dir.path().join("receipts.jsonl")).unwrap();
-    assert_eq!(receipts.lines().count(), 2);
-    assert!(
-        out.contains("receipt 1:") && out.contains("receipt 2:"),
-        "{out}"
-    );
+    assert_eq!(receipts.lines().count(), committed);
+    assert!(out.contains("receipt 1:"), "{out}");
     assert!(out.contains("chain verified"), "{out}");
     let v = succeed(
         qmul()
             .arg("receipts")
             .arg(dir.path().join("receipts.jsonl")),
     );
-    assert!(String::from_utf8_lossy(&v.stdout).contains("2 records"));
+    assert!(String::from_utf8_lossy(&v.stdout).contains(&format!("{committed} records")));
+}
+
+/// `qmul experiment --forget sequence:...`: each request follows the file the
+/// previous one committed, is measured on everything forgotten so far, and a
+/// rerun resumes without redoing anything.
+#[test]
+fn a_sequence_of_requests_chains_commits_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        succeed(
+            qmul()
+                .args(["experiment", "--data", "subset", "--train-subset", "600:1"])
+                .args(["--arch", "resnet10", "--width", "4", "--train-epochs", "1"])
+                .args(["--forget", "sequence:2x0.05:3", "--methods", "qmul,ft"])
+                .args([
+                    "--seeds",
+                    "1",
+                    "--set",
+                    "qmul:epochs=1,ft:epochs=1",
+                    "--report",
+                ])
+                .arg(dir.path()),
+        )
+    };
+    let first = String::from_utf8_lossy(&run().stderr).to_string();
+    assert_eq!(first.matches("training retrain").count(), 2, "{first}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "2 methods x 2 requests");
+    let req = r["requests"].as_array().unwrap();
+    assert_eq!(req[0]["forgotten"], 30);
+    assert_eq!(
+        req[1]["forgotten"], 60,
+        "the second request counts both parts"
+    );
+    for m in ["qmul", "ft"] {
+        for k in 1..=2 {
+            let p = dir.path().join(format!("chain/{m}-seed0-request{k}.qmul"));
+            assert!(p.exists(), "{}", p.display());
+        }
+    }
+    let table = std::fs::read_to_string(dir.path().join("table.md")).unwrap();
+    assert!(table.contains("| 2 | 60 | qmul |"), "{table}");
+    let again = String::from_utf8_lossy(&run().stderr).to_string();
+    assert!(
+        !again.contains("request 1/2") && !again.contains("training"),
+        "{again}"
+    );
 }
 
 /// The careless and hostile inputs found by trying the command: each is a

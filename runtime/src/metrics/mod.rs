@@ -2,20 +2,28 @@
 //! the forget set (FA), the retain set (RA) and the test set (TA), MIA-efficacy
 //! (confidence attack with an RBF SVC), and the Average Gap to a retrained model.
 
+pub mod attacks;
 pub mod svm;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::samples::{argmax_rows, probabilities, Samples};
+pub use attacks::Attacks;
 use svm::{Svc, SvcParams, SvmError};
 
-/// The four numbers of one model, in percent.
+/// The four numbers of one model, in percent, and the extra attacks.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Scores {
     pub fa: f64,
     pub ra: f64,
     pub ta: f64,
+    /// The confidence attack (the MIA-efficacy of the Average Gap).
     pub mia: f64,
+    /// Entropy, modified-entropy and loss-threshold attacks (see [`attacks`]);
+    /// absent in results written before they were measured. Not part of the
+    /// Average Gap, so that older tables stay comparable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attacks: Option<Attacks>,
 }
 
 /// Average Gap: mean absolute difference over FA, RA, TA and MIA.
@@ -95,11 +103,44 @@ pub struct Forgetting {
 
 /// Accuracy (percent) and confidence features of `model` on a set.
 fn accuracy_and_confidence(model: &Model, s: Samples, batch: usize) -> Result<(f64, Vec<f64>)> {
+    let (acc, f) = accuracy_and_features(model, s, batch, usize::MAX, false)?;
+    Ok((acc, f.confidence))
+}
+
+/// The attacks' features of a set's samples.
+#[derive(Default)]
+struct Features {
+    confidence: Vec<f64>,
+    entropy: Vec<f64>,
+    m_entropy: Vec<f64>,
+    loss: Vec<f64>,
+}
+
+/// Accuracy (percent) of `model` on a set, and the attack features of its
+/// first `keep` samples (all four with `all`, else the confidence only).
+fn accuracy_and_features(
+    model: &Model,
+    s: Samples,
+    batch: usize,
+    keep: usize,
+    all: bool,
+) -> Result<(f64, Features)> {
     let k = model.classes();
     let p = probabilities(model, s.images, s.len(), batch, &mut |_| true)?
         .ok_or_else(|| Error::internal("probabilities stopped without a cancel"))?;
     let acc = accuracy(&argmax_rows(&p, k), s.labels);
-    Ok((acc, confidence(&p, k, s.labels)))
+    let n = keep.min(s.len());
+    let (p, labels) = (&p[..n * k], &s.labels[..n]);
+    let mut f = Features {
+        confidence: confidence(p, k, labels),
+        ..Default::default()
+    };
+    if all {
+        f.entropy = attacks::entropy(p, k);
+        f.m_entropy = attacks::m_entropy(p, k, labels);
+        f.loss = attacks::loss(p, k, labels);
+    }
+    Ok((acc, f))
 }
 
 fn nonempty(s: &Samples, what: &str) -> Result<()> {
@@ -123,12 +164,22 @@ pub fn scores(
         nonempty(s, what)?;
         s.check(model, what)?;
     }
-    let (fa, f_conf) = accuracy_and_confidence(model, forget, batch)?;
-    let (ra, r_conf) = accuracy_and_confidence(model, retain, batch)?;
-    let (ta, t_conf) = accuracy_and_confidence(model, test, batch)?;
-    let members = &r_conf[..t_conf.len().min(r_conf.len())];
-    let mia = mia_efficacy(members, &t_conf, &f_conf)?;
-    Ok(Scores { fa, ra, ta, mia })
+    let (fa, f) = accuracy_and_features(model, forget, batch, usize::MAX, true)?;
+    let (ra, r) = accuracy_and_features(model, retain, batch, test.len(), true)?;
+    let (ta, t) = accuracy_and_features(model, test, batch, usize::MAX, true)?;
+    let mia = mia_efficacy(&r.confidence, &t.confidence, &f.confidence)?;
+    let attacks = Attacks {
+        entropy: mia_efficacy(&r.entropy, &t.entropy, &f.entropy)?,
+        m_entropy: mia_efficacy(&r.m_entropy, &t.m_entropy, &f.m_entropy)?,
+        loss: attacks::loss_efficacy(&r.loss, &t.loss, &f.loss)?,
+    };
+    Ok(Scores {
+        fa,
+        ra,
+        ta,
+        mia,
+        attacks: Some(attacks),
+    })
 }
 
 /// FA, with a test set TA, and with retain and test sets MIA-efficacy on the
@@ -183,12 +234,14 @@ mod tests {
             ra: 99.0,
             ta: 92.0,
             mia: 2.0,
+            attacks: None,
         };
         let r = Scores {
             fa: 92.0,
             ra: 100.0,
             ta: 91.0,
             mia: 10.0,
+            attacks: None,
         };
         assert!((avg_gap(&a, &r) - (8.0 + 1.0 + 1.0 + 8.0) / 4.0).abs() < 1e-12);
         assert_eq!(avg_gap(&r, &r), 0.0);

@@ -544,13 +544,17 @@ pub fn probabilities(m: &Model, n: usize) -> Cost {
     Cost::fixed(f32s(n * m.classes()) + 8 * n as u64) + forward(m)
 }
 
-/// FA, RA, TA and MIA over the session's three sets, evaluated `batch` at a
-/// time: each set's probabilities (one set at a time) and confidences, and the
-/// attack's SVM on members and non-members (about 12 f64 vectors of them).
+/// FA, RA, TA and the membership attacks over the session's three sets,
+/// evaluated `batch` at a time: each set's probabilities (one set at a time),
+/// four f64 attack features of the forget set, the attack's members (the
+/// first len(test) retain samples) and the test set, one attack's SVM on
+/// members and non-members at a time (about 12 f64 vectors of them), and the
+/// loss attack's sorted shadow losses.
 pub fn evaluate(m: &Model, forget: usize, retain: usize, test: usize, batch: usize) -> u64 {
     let largest = forget.max(retain).max(test);
-    let kept = 8 * (forget + retain + test) as u64 + f32s(largest * m.classes());
-    let svm = 96 * 2 * test.min(retain) as u64 + 16 * forget as u64;
+    let members = test.min(retain);
+    let kept = 32 * (forget + members + test) as u64 + f32s(largest * m.classes());
+    let svm = 96 * 2 * members as u64 + 16 * forget as u64 + 16 * (members + test) as u64;
     kept + svm + forward(m).at(batch.min(largest).max(1))
 }
 

@@ -138,7 +138,20 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
         let mut o = run(model.clone(), &tr, &te, &split, &args, None)?;
         print_table(&o.before, &o.after);
         print_memory(&o.memory);
-        let c = commit(&mut o, &out_path, Some(&receipts), &spec, false)?;
+        // A deletion that fails the check is not committed: the file keeps
+        // its previous model (and the next request starts from it).
+        let c = match commit(&mut o, &out_path, Some(&receipts), &spec, false) {
+            Ok(c) => c,
+            Err(e) if e.contains("deletion check failed") => {
+                println!(
+                    "unlearning took {:.1}s; not committed: the deletion check failed \
+                     (more epochs or a larger --lr forget more)",
+                    o.seconds
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         println!(
             "unlearning took {:.1}s; committed {}",
             o.seconds,

@@ -86,7 +86,7 @@ pub struct ExperimentArgs {
 
 /// What an experiment's unlearning runs start from (`--start`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Start {
+pub(super) enum Start {
     File,
     Codes,
     Latent,
@@ -104,7 +104,7 @@ impl Start {
 }
 
 /// The session's view of the original for `start`.
-fn start_model(
+pub(super) fn start_model(
     original: &Model,
     path: &Path,
     start: Start,
@@ -146,7 +146,7 @@ fn start_model(
 }
 
 /// `(epochs, lr)` overrides of one method from `--set`.
-fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), String> {
+pub(super) fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), String> {
     let (mut e, mut l) = (None, None);
     for item in set.split(',').filter(|s| !s.is_empty()) {
         let mut parts = item.split(':');
@@ -168,7 +168,7 @@ fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), St
 
 /// A method's reference configuration (its default epochs and rate); `None`
 /// for retrain, which is not an unlearning method.
-fn reference_config(m: &str, classes: usize) -> Result<Option<Config>, String> {
+pub(super) fn reference_config(m: &str, classes: usize) -> Result<Option<Config>, String> {
     Ok(parse_method(m, classes, None, 0.5, 5e-4)?.map(Config::new))
 }
 
@@ -215,7 +215,7 @@ fn cached_path(dir: &Path, tag: &str, key: &str) -> PathBuf {
     dir.join(format!("{tag}-{hash}.qmul"))
 }
 
-fn cached_model(
+pub(super) fn cached_model(
     dir: &Path,
     tag: &str,
     key: &str,
@@ -367,7 +367,7 @@ fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split)
 
 /// Writes the results with runs and trials in `--methods` order (then seed, or
 /// epochs and rate), so remade runs do not move their method to the table's end.
-fn save_results(dir: &Path, methods: &[String], r: &mut Results) -> Result<(), String> {
+pub(super) fn save_results(dir: &Path, methods: &[String], r: &mut Results) -> Result<(), String> {
     let pos = |m: &str| methods.iter().position(|x| x == m).unwrap_or(usize::MAX);
     r.runs.sort_by_key(|x| (pos(&x.method), x.seed));
     r.tuning.sort_by(|x, y| {
@@ -388,7 +388,14 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     };
     let (tr, te) = a.data.load()?;
     let spec = ForgetSpec::parse(&a.forget)?;
-    let split = forgetting::split(&spec, &tr, &te)?;
+    let whole_sequence = matches!(spec, ForgetSpec::Sequence { request: None, .. });
+    if whole_sequence && a.grid.is_some() {
+        return Err(
+            "a sequence of requests runs each method at its --set or default setting \
+             (tune it on a single request, e.g. --forget random:FRAC:SEED); drop --grid"
+                .into(),
+        );
+    }
     let grid = a.grid.as_deref().map(parse_grid).transpose()?;
     let schedule = Schedule::parse(&a.schedule)
         .ok_or_else(|| format!("unknown --schedule '{}' (epoch, step)", a.schedule))?;
@@ -439,7 +446,21 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     );
     let (original, _) = cached_model(&cache, "original", &base_key, &cfg, &tr, &tcfg)?;
     let original_path = cached_path(&cache, "original", &base_key);
-    let retain_set = tr.subset(&complement(tr.len(), &split.forget));
+    if whole_sequence {
+        let setup = super::sequence::Setup {
+            cache: &cache,
+            cfg: &cfg,
+            tcfg: &tcfg,
+            base_key: &base_key,
+            original: &original,
+            original_open: start_model(&original, &original_path, start)?,
+            strip_each: start == Start::Codes,
+            methods: &methods,
+        };
+        return super::sequence::run_sequence(&a, &spec, &tr, &te, &setup);
+    }
+    let split = forgetting::split(&spec, &tr, &te)?;
+    let retain_set = tr.subset(&split.retain);
     let (retrain, retrain_secs) = cached_model(
         &cache,
         "retrain",
@@ -560,7 +581,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 if results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
                     continue;
                 }
-                let o = run(
+                let mut o = run(
                     original_open.clone(),
                     &tr,
                     &te,
@@ -568,6 +589,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     &unlearn_args(m, Some(epochs), Some(lr), 0, "validation"),
                     Some(vbefore),
                 )?;
+                let check = o.session.verify().map_err(|e| e.to_string())?.verdict;
                 let g = avg_gap(&o.after, &vrt);
                 eprintln!(
                     "tuning {m} epochs {epochs} lr {}: validation AG {g:.2}",
@@ -580,6 +602,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     scores: o.after,
                     avg_gap: g,
                     seconds: o.seconds,
+                    check: Some(check),
                 });
                 save_results(&a.report, &methods, &mut results)?;
             }
@@ -622,7 +645,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             {
                 continue;
             }
-            let o = run(
+            let mut o = run(
                 original_open.clone(),
                 &tr,
                 &te,
@@ -630,10 +653,16 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 &unlearn_args(m, epochs, lr, seed, &a.forget),
                 Some(before),
             )?;
+            let check = o.session.verify().map_err(|e| e.to_string())?.verdict;
             let g = avg_gap(&o.after, &rt);
             eprintln!(
-                "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s)",
-                o.after.fa, o.after.ra, o.after.ta, o.after.mia, o.seconds
+                "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s); deletion check {}",
+                o.after.fa,
+                o.after.ra,
+                o.after.ta,
+                o.after.mia,
+                o.seconds,
+                if check.passed { "passed" } else { "failed" }
             );
             results.runs.push(RunResult {
                 method: m.clone(),
@@ -643,6 +672,8 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 seconds: o.seconds,
                 config: o.config,
                 epochs: o.logs,
+                check: Some(check),
+                request: None,
             });
             save_results(&a.report, &methods, &mut results)?;
         }

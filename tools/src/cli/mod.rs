@@ -6,6 +6,7 @@ mod experiment;
 mod inspect;
 mod receipts;
 mod render;
+mod sequence;
 mod train;
 pub mod unlearn;
 mod upgrade;

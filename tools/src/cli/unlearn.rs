@@ -280,6 +280,13 @@ pub fn print_table(b: &Scores, f: &Scores) {
         "after   {:6.2}  {:6.2}  {:6.2}  {:6.2}",
         f.fa, f.ra, f.ta, f.mia
     );
+    if let (Some(x), Some(y)) = (b.attacks, f.attacks) {
+        println!(
+            "other attacks (efficacy %): entropy {:.2} -> {:.2}, modified entropy {:.2} -> {:.2}, \
+             loss threshold {:.2} -> {:.2}",
+            x.entropy, y.entropy, x.m_entropy, y.m_entropy, x.loss, y.loss
+        );
+    }
 }
 
 /// One line on the session's planned and measured memory.
