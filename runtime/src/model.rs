@@ -5,7 +5,7 @@
 //! stores the quantized codes and scales and, from format version 3, each
 //! weight's position inside its rounding bin (see `model_file` and
 //! `quant::sub_bin`). Loading rebuilds latent weights that requantize to the
-//! same codes: at their bins' centres without the residuals, within 1/256
+//! same codes: at their bins' centres without the residuals, within 1/65536
 //! step of where they were saved with them.
 
 use crate::exec::PassError;

@@ -7,8 +7,8 @@
 //!   `{name}.weight` F32 `[cout, k*k*cin]` with `(ky, kx, cin)` order;
 //!   `{name}.wq` F32 quantizer parameters when the quantizer has any;
 //!   linear also `{name}.bias`.
-//!   Quantized layers may also have `{name}.residual` I8 `[cout, k*k*cin]`:
-//!   each weight's position inside its rounding bin in 1/256 steps (format
+//!   Quantized layers may also have `{name}.residual` I16 `[cout, k*k*cin]`:
+//!   each weight's position inside its rounding bin in 1/65536 steps (format
 //!   version 3; all quantized layers or none; see [`crate::quant::sub_bin`]).
 //! * BatchNorm: `{name}.gamma`, `.beta`, `.running_mean`, `.running_var` F32.
 //! * Act: `{name}.q` F32 (PACT `[a]`, LSQ `[s]`, DSQ `[u, alpha]`).

@@ -227,7 +227,7 @@ fn expected_tensors(
             if sub_bin {
                 v.push(Expected {
                     name: format!("{name}{RESIDUAL}"),
-                    dtype: Dtype::I8,
+                    dtype: Dtype::I16,
                     shape: vec![cout, kdim],
                 });
             }
@@ -372,14 +372,18 @@ fn fill(model: &mut Model, st: &SafeTensors, sub_bin: bool) -> Result<(), ModelF
                     let codes = stored_codes(cv.data(), prec, rows, kdim);
                     if sub_bin {
                         let rn = format!("{name}{RESIDUAL}");
-                        let r: &[i8] = bytemuck::cast_slice(tensor(&rn)?.data());
-                        if r.contains(&i8::MIN) {
+                        let r: Vec<i16> = tensor(&rn)?
+                            .data()
+                            .chunks_exact(2)
+                            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                            .collect();
+                        if r.contains(&i16::MIN) {
                             return invalid(format!(
-                                "{rn}: residual -128 is outside -{m}..={m}",
+                                "{rn}: residual -32768 is outside -{m}..={m}",
                                 m = sub_bin::MAX_UNITS
                             ));
                         }
-                        model.params[w].data = sub_bin::decode(&codes, r, &scale);
+                        model.params[w].data = sub_bin::decode(&codes, &r, &scale);
                     }
                     // The stored codes and scales must be what the quantizer
                     // gives back (with the residuals, if any: a residual that

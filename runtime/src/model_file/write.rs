@@ -109,9 +109,9 @@ pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, Model
                     out.insert(
                         format!("{name}.residual"),
                         Out(
-                            Dtype::I8,
+                            Dtype::I16,
                             wl.shape.clone(),
-                            bytemuck::cast_slice(&r).to_vec(),
+                            r.iter().flat_map(|v| v.to_le_bytes()).collect(),
                         ),
                     );
                 }
@@ -192,6 +192,7 @@ fn serialize(meta: &BTreeMap<&str, String>, tensors: &BTreeMap<String, Out>) -> 
     let dtype = |d: &Dtype| match d {
         Dtype::U8 => "U8",
         Dtype::I8 => "I8",
+        Dtype::I16 => "I16",
         _ => "F32",
     };
     let mut header = serde_json::Map::new();

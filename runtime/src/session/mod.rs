@@ -118,7 +118,7 @@ impl OpenModel {
     }
 
     /// A model in memory with its exact f32 latent weights (a training run's
-    /// own state, finer than the file's 1/256-step residuals). Its identity in
+    /// own state, finer than the file's 1/65536-step residuals). Its identity in
     /// receipts is the file it would be saved as; sessions start from the
     /// exact weights.
     pub fn from_exact_model(model: Model) -> Result<Arc<OpenModel>> {

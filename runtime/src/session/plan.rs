@@ -577,14 +577,14 @@ fn weight_counts(m: &Model) -> (usize, Vec<usize>) {
 }
 
 /// An upper bound of the serialized file: each layer's codes (or f32 weights)
-/// and sub-bin residuals (one byte per quantized weight), every other tensor as
+/// and sub-bin residuals (two bytes per quantized weight), every other tensor as
 /// f32, and a header of at most 64 KiB per 64 nodes.
 fn file_bytes(m: &Model) -> u64 {
     let codes = view(m).pass_weights_held();
     let (weights, quantized) = weight_counts(m);
     let residuals: usize = quantized.iter().sum();
     let others = m.param_count() + m.buffers.iter().map(|t| t.data.len()).sum::<usize>() - weights;
-    codes + residuals as u64 + f32s(others) + (64 << 10) * (1 + m.graph.nodes.len() as u64 / 64)
+    codes + 2 * residuals as u64 + f32s(others) + (64 << 10) * (1 + m.graph.nodes.len() as u64 / 64)
 }
 
 /// Writing a model: its weights quantized, the tensors' bytes and the file
@@ -592,5 +592,5 @@ fn file_bytes(m: &Model) -> u64 {
 /// residuals are computed, and the model parsed back from them to prove they load.
 pub fn commit(m: &Model) -> u64 {
     let largest = weight_counts(m).1.into_iter().max().unwrap_or(0) as u64;
-    2 * file_bytes(m) + 2 * largest + model_bytes(m) + view(m).pass_weights().fixed
+    2 * file_bytes(m) + 5 * largest + model_bytes(m) + view(m).pass_weights().fixed
 }
