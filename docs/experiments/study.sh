@@ -19,6 +19,10 @@
 #                   path, Q-MUL, l1-sparse, FT at the settings `file` chose
 #   sequence-codes  the same, every request started from the bins' centres
 #   class-pact      the class-wise (class 0) PACT table rerun, every method, 1 seed
+#   durability      every method on the full-precision model (--quant none) at
+#                   the settings the earlier full-precision table chose, then
+#                   each result quantized to 4 bits after the fact (qmul
+#                   quantize's method), FA and MIA before and after, 1 seed
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs}
@@ -67,10 +71,14 @@ step() {
       [ "$1" = sequence-codes ] && start=codes
       run "$1" "fmnist20k-pact-sequence5x2-$start" $SUB --forget sequence:5x0.02:1 --methods $BEST --seeds 1 --set "$set" --start $start ;;
     class-pact) run class-pact-v3 fmnist20k-pact-class0-v3 $SUB --forget class:0 --methods $ALL --seeds 1 --grid "$GRID" ;;
+    durability)
+      local set; set=$(chosen docs/experiments/fmnist20k-none-random10/results.json $ALL)
+      run durability fmnist20k-none-random10-durability ${SUB/--quant pact/--quant none} --forget random:0.1:1 \
+        --methods $ALL --seeds 1 --set "$set" --quantize-after ;;
     *) echo "unknown step '$1'" >&2; exit 2 ;;
   esac
 }
 
-for s in "${@:-file codes latent sequence sequence-codes class-pact}"; do
+for s in "${@:-file codes latent sequence sequence-codes class-pact durability}"; do
   for t in $s; do step "$t"; done
 done

@@ -283,6 +283,59 @@ impl Model {
         })
     }
 
+    /// Post-training calibration of the activation quantizers: an eval-mode
+    /// forward over `images` (running BatchNorm statistics, weights quantized)
+    /// that sets each Act node's range from its input as the node is reached,
+    /// `pick` mapping the input values to the clip (PACT `a`, LSQ `15 s`, DSQ
+    /// `u`). Later layers therefore see the earlier layers already quantized.
+    pub fn calibrate_activations(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        pick: &dyn Fn(&[f32]) -> f32,
+    ) -> Result<(), PassError> {
+        self.check_batch(images, n)?;
+        let scheme = self.graph.scheme;
+        let nodes = self.graph.nodes.clone();
+        let mut last_use = vec![0usize; nodes.len()];
+        for (i, op) in nodes.iter().enumerate() {
+            for j in op.inputs() {
+                last_use[j] = i;
+            }
+        }
+        let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
+        let mut qw = self.quantize_weights()?;
+        for i in 0..nodes.len() {
+            if let (Op::Act { input, .. }, Slots::Act { q }) = (&nodes[i], self.slots[i].clone()) {
+                if let Some(Value::F32(x)) = &vals[*input] {
+                    let clip = pick(x).max(1e-3);
+                    let p = &mut self.params[q].data;
+                    match scheme {
+                        QuantScheme::Pact | QuantScheme::Dsq => p[0] = clip,
+                        QuantScheme::Lsq => p[0] = clip / act::QMAX,
+                        QuantScheme::None => {}
+                    }
+                }
+            }
+            let mut ctx = Ctx {
+                model: self,
+                n,
+                qw: std::mem::take(&mut qw),
+                stats: vec![None; nodes.len()],
+                frozen_bn: false,
+            };
+            let v = ctx.compute(i, &vals, images, Mode::Eval)?;
+            qw = ctx.qw;
+            vals[i] = Some(v);
+            for j in nodes[i].inputs() {
+                if last_use[j] == i {
+                    vals[j] = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets LSQ/DSQ activation ranges still at 0 from the current batch
     /// (the data-dependent initialisation of those quantizers).
     fn init_activation_ranges(&mut self, images: &[u8], n: usize) -> Result<(), PassError> {

@@ -35,6 +35,8 @@ enum Cmd {
     Receipts(cli::ReceiptsArgs),
     /// Rewrite model files in the current format (adds the data checksum).
     Upgrade(cli::UpgradeArgs),
+    /// Post-training quantization: a full-precision model into the 4-bit PACT model.
+    Quantize(cli::QuantizeArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Cmd::Report(a) => cli::render(a),
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),
+        Cmd::Quantize(a) => cli::quantize(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

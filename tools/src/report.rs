@@ -26,6 +26,10 @@ pub struct RunResult {
     /// Which request of a sequence this run is (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<usize>,
+    /// The unlearned full-precision model's scores after post-training
+    /// quantization to 4 bits (`--quantize-after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantized: Option<Scores>,
 }
 
 impl RunResult {
@@ -59,6 +63,67 @@ pub struct Results {
     /// Retrain's scores on everything forgotten up to that request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<RequestRef>,
+    /// The original and Retrain after post-training quantization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_quantized: Option<Scores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain_quantized: Option<Scores>,
+}
+
+/// Durability under quantization: FA and MIA of each full-precision result
+/// before and after post-training quantization to 4 bits, and the Average
+/// Gap of the quantized model to the quantized Retrain.
+pub fn durability_table(r: &Results) -> String {
+    let (Some(oq), Some(rq), Some(o), Some(rt)) = (
+        &r.original_quantized,
+        &r.retrain_quantized,
+        &r.original,
+        &r.retrain,
+    ) else {
+        return String::new();
+    };
+    let mut s = String::from(
+        "\n## Durability under quantization (full precision, then post-training 4-bit PACT)\n\n\
+         | method | FA | FA after quantization | MIA | MIA after quantization | AG to Retrain | AG after quantization (to quantized Retrain) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    let ag = qmul_runtime::metrics::avg_gap;
+    s += &format!(
+        "| original | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        o.fa,
+        oq.fa,
+        o.mia,
+        oq.mia,
+        ag(o, rt),
+        ag(oq, rq)
+    );
+    s += &format!(
+        "| retrain | {:.2} | {:.2} | {:.2} | {:.2} | 0.00 | 0.00 |\n",
+        rt.fa, rq.fa, rt.mia, rq.mia
+    );
+    for m in methods(r) {
+        let runs: Vec<&RunResult> = r
+            .runs
+            .iter()
+            .filter(|x| x.method == m && x.quantized.is_some())
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let col =
+            |f: &dyn Fn(&RunResult) -> f64| cell(&runs.iter().map(|x| f(x)).collect::<Vec<_>>());
+        let q = |x: &RunResult| x.quantized.unwrap_or(x.scores);
+        s += &format!(
+            "| {m} | {} | {} | {} | {} | {} | {} |\n",
+            col(&|x| x.scores.fa),
+            col(&|x| q(x).fa),
+            col(&|x| x.scores.mia),
+            col(&|x| q(x).mia),
+            col(&|x| x.avg_gap),
+            col(&|x| ag(&q(x), rq))
+        );
+    }
+    s
 }
 
 /// The reference points of request `request` of a sequence.
@@ -339,6 +404,7 @@ pub fn markdown(r: &Results) -> String {
         + &attack_table(r)
         + &codes_table(r)
         + &check_table(r)
+        + &durability_table(r)
         + &agr_table(r)
         + &tuning_table(r)
 }
@@ -662,6 +728,7 @@ mod tests {
                 }],
                 check: Some(v(pass)),
                 request: None,
+                quantized: None,
             });
         }
         let a = attack_table(&r);
@@ -705,6 +772,7 @@ mod tests {
                 epochs: vec![],
                 check: None,
                 request: None,
+                quantized: None,
             });
         }
         let t = table(&r);

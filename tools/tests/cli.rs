@@ -549,3 +549,80 @@ fn careless_and_hostile_input_are_clean_errors_that_write_nothing() {
         .collect();
     assert!(left.is_empty(), "temporary files left: {left:?}");
 }
+
+/// `qmul quantize` turns a full-precision model into a 4-bit PACT file that
+/// loads and predicts; `qmul experiment --quant none --quantize-after`
+/// reports every result before and after that quantization.
+#[test]
+fn post_training_quantization_and_the_durability_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let float = dir.path().join("float.qmul");
+    succeed(
+        qmul()
+            .args([
+                "train",
+                "--data",
+                "subset",
+                "--train-subset",
+                "600:1",
+                "--arch",
+                "resnet10",
+            ])
+            .args(["--width", "4", "--quant", "none", "--epochs", "1", "--out"])
+            .arg(&float),
+    );
+    let q = dir.path().join("q.qmul");
+    let o = succeed(
+        qmul()
+            .args(["quantize", "--data", "subset", "--calib", "64", "--model"])
+            .arg(&float)
+            .arg("--out")
+            .arg(&q),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("(full precision) ->") && out.contains("4-bit PACT, 64 calibration images"),
+        "{out}"
+    );
+    let i = succeed(qmul().arg("inspect").arg(&q));
+    assert!(String::from_utf8_lossy(&i.stdout).contains("quantization  pact"));
+    // A 4-bit model cannot be quantized again.
+    fail_with(
+        qmul()
+            .args(["quantize", "--data", "subset", "--model"])
+            .arg(&q)
+            .arg("--out")
+            .arg(dir.path().join("again.qmul")),
+        "full-precision",
+    );
+    let report = dir.path().join("report");
+    succeed(
+        qmul()
+            .args(["experiment", "--data", "subset", "--train-subset", "600:1"])
+            .args([
+                "--arch",
+                "resnet10",
+                "--width",
+                "4",
+                "--train-epochs",
+                "1",
+                "--quant",
+                "none",
+            ])
+            .args([
+                "--forget",
+                "random:0.1:1",
+                "--methods",
+                "ft",
+                "--seeds",
+                "1",
+            ])
+            .args(["--set", "ft:epochs=1", "--quantize-after", "--report"])
+            .arg(&report),
+    );
+    let table = std::fs::read_to_string(report.join("table.md")).unwrap();
+    assert!(
+        table.contains("## Durability under quantization") && table.contains("| ft |"),
+        "{table}"
+    );
+}

@@ -15,9 +15,10 @@ use crate::train::{self, TrainConfig};
 use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::metrics::avg_gap;
+use qmul_runtime::metrics::Scores;
 use qmul_runtime::session::OpenModel;
 use qmul_runtime::unlearn::{Config, Schedule};
-use qmul_runtime::{model_file, InitOptions, Model, Precision, QuantScheme};
+use qmul_runtime::{model_file, ptq, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -70,6 +71,12 @@ pub struct ExperimentArgs {
     /// random experiment on the same data, can share one original model.
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// With `--quant none`: also quantize every unlearned model (and the
+    /// original and Retrain) to 4 bits after the fact (post-training
+    /// quantization, calibrated on retain images) and report FA and MIA
+    /// before and after: whether forgetting survives deployment.
+    #[arg(long)]
+    pub quantize_after: bool,
     /// Learning-rate schedule of every method: epoch (the reference code's
     /// cosine stepped once per epoch, the default) or step (per-step cosine to
     /// zero; every report made before the default changed used it).
@@ -345,6 +352,16 @@ fn parse_grid(g: &str) -> Result<Vec<(usize, GridLr)>, String> {
         .collect())
 }
 
+/// Calibration images for post-training quantization: 512 retain images
+/// drawn with a fixed seed (never forget-set images, which would put what was
+/// forgotten back into the clips).
+fn calibration_images(tr: &Dataset, retain: &[usize]) -> Vec<u8> {
+    let mut r = retain.to_vec();
+    crate::data::Rng::new(0xca1b).shuffle(&mut r);
+    r.truncate(512);
+    r.iter().flat_map(|&i| tr.image(i).to_vec()).collect()
+}
+
 /// The validation scenario's forget indices: a random share of the retain set
 /// the size of the evaluated forget set, or the next class.
 fn validation_forget(spec: &ForgetSpec, tr: &Dataset, split: &forgetting::Split) -> Vec<usize> {
@@ -531,6 +548,28 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     results.original = Some(before);
     results.retrain = Some(rt);
     results.retrain_seconds = retrain_secs;
+    let calib = if a.quantize_after {
+        if scheme != QuantScheme::None {
+            return Err("--quantize-after needs a full-precision model (--quant none)".into());
+        }
+        Some(calibration_images(&tr, &split.retain))
+    } else {
+        None
+    };
+    let deploy = |m: &Model| -> Result<Option<Scores>, String> {
+        match &calib {
+            Some(images) => {
+                let q = ptq::quantize(m, images, images.len() / tr.image_len())
+                    .map_err(|e| e.to_string())?;
+                Ok(Some(forgetting::scores(&q, &tr, &te, &split)?))
+            }
+            None => Ok(None),
+        }
+    };
+    if calib.is_some() && results.original_quantized.is_none() {
+        results.original_quantized = deploy(&original)?;
+        results.retrain_quantized = deploy(&retrain)?;
+    }
     save_results(&a.report, &methods, &mut results)?;
     let model_path = a.report.join("original.qmul");
     let unlearn_args = |m: &str, epochs, lr, seed, forget: &str| UnlearnArgs {
@@ -654,6 +693,10 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 Some(before),
             )?;
             let check = o.session.verify().map_err(|e| e.to_string())?.verdict;
+            let quantized = match o.session.unlearned() {
+                Some((m, _)) => deploy(m)?,
+                None => None,
+            };
             let g = avg_gap(&o.after, &rt);
             eprintln!(
                 "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s); deletion check {}",
@@ -674,6 +717,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 epochs: o.logs,
                 check: Some(check),
                 request: None,
+                quantized,
             });
             save_results(&a.report, &methods, &mut results)?;
         }

@@ -183,6 +183,7 @@ pub fn run_sequence(
                     epochs: o.logs,
                     check: Some(check),
                     request: Some(k),
+                    quantized: None,
                 });
                 save_results(&a.report, s.methods, &mut results)?;
             }
