@@ -626,3 +626,87 @@ fn post_training_quantization_and_the_durability_table() {
         "{table}"
     );
 }
+
+/// `qmul experiment --plan`: every stage's jobs run two at a time with
+/// `xargs -P 2`, a plain run merges them, and the table equals the one a
+/// sequential run makes (every step is seeded).
+#[test]
+fn a_plan_run_in_parallel_gives_the_sequential_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = |report: &str| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "experiment",
+            "--data",
+            "subset",
+            "--train-subset",
+            "600:1",
+            "--arch",
+            "resnet10",
+            "--width",
+            "4",
+            "--train-epochs",
+            "1",
+            "--forget",
+            "random:0.1:1",
+            "--methods",
+            "qmul,ft",
+            "--seeds",
+            "2",
+            "--grid",
+            "lr=0.01,0.02;epochs=1",
+            "--models",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.push(dir.path().join("models").display().to_string());
+        v.push("--report".into());
+        v.push(dir.path().join(report).display().to_string());
+        v
+    };
+    let mut stages = Vec::new();
+    for _ in 0..5 {
+        let o = succeed(qmul().args(args("par")).arg("--plan"));
+        let plan = String::from_utf8_lossy(&o.stdout).to_string();
+        if plan.trim().is_empty() {
+            break;
+        }
+        stages.push(plan.lines().count());
+        let mut child = Command::new("sh")
+            .args(["-c", "tr '\\n' '\\0' | xargs -0 -r -P 2 -n 1 sh -c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(plan.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(stages, vec![3, 4, 4], "models, trials, runs");
+    let merged = succeed(qmul().args(args("par")));
+    assert!(String::from_utf8_lossy(&merged.stderr).contains("merged 8 results"));
+    succeed(qmul().args(args("seq")));
+    let scores = |report: &str| {
+        let r: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(report).join("results.json")).unwrap(),
+        )
+        .unwrap();
+        let mut v: Vec<String> = r["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(r["tuning"].as_array().unwrap())
+            .map(|x| format!("{} {} {} {}", x["method"], x["seed"], x["lr"], x["scores"]))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(scores("par"), scores("seq"));
+    assert_eq!(scores("par").len(), 8);
+}

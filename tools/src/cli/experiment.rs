@@ -5,6 +5,7 @@
 //! rewritten after each run, so an interrupted experiment resumes where it
 //! stopped; model training resumes from its per-epoch checkpoint.
 
+use super::plan;
 use super::unlearn::{parse_method, run, UnlearnArgs};
 use super::DataArgs;
 use crate::data::{Augment, Dataset};
@@ -77,6 +78,14 @@ pub struct ExperimentArgs {
     /// before and after: whether forgetting survives deployment.
     #[arg(long)]
     pub quantize_after: bool,
+    /// Print the jobs that can run now (one shell command per line, for GNU
+    /// parallel, a Slurm array or Kubernetes Jobs) and exit; rerun after they
+    /// finish for the next stage, then run without --plan to write the table.
+    #[arg(long)]
+    pub plan: bool,
+    /// Run one job of a plan: model:NAME, trial:METHOD:EPOCHS:LR or run:METHOD:SEED.
+    #[arg(long)]
+    pub job: Option<String>,
     /// Learning-rate schedule of every method: epoch (the reference code's
     /// cosine stepped once per epoch, the default) or step (per-step cosine to
     /// zero; every report made before the default changed used it).
@@ -284,7 +293,10 @@ pub(super) fn cached_model(
     let secs = train::train_seconds(&m);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
-    train::save_latent(&m, &train::latent_path(&path))?;
+    if tag == "original" {
+        // Unlearning may start from the exact training state (`--start latent`).
+        train::save_latent(&m, &train::latent_path(&path))?;
+    }
     train::remove_checkpoint(&ck);
     Ok((m, secs))
 }
@@ -350,6 +362,74 @@ fn parse_grid(g: &str) -> Result<Vec<(usize, GridLr)>, String> {
         .iter()
         .flat_map(|&e| lrs.iter().map(move |&l| (e, l)))
         .collect())
+}
+
+/// `--plan`: the jobs of the first stage that is not finished (models, then
+/// tuning trials, then runs), one shell command per line on stdout; what
+/// comes after goes to stderr.
+fn print_plan(
+    a: &ExperimentArgs,
+    missing_models: &[&str],
+    methods: &[String],
+    grid: Option<&[(usize, GridLr)]>,
+    classes: usize,
+) -> Result<(), String> {
+    let print = |j: plan::Job| println!("{}", plan::command_for(&j));
+    if !missing_models.is_empty() {
+        for m in missing_models {
+            print(plan::Job::Model(m.to_string()));
+        }
+        eprintln!("# stage 1 of 3 (models); rerun --plan when these jobs have finished");
+        return Ok(());
+    }
+    let mut results: Results = if a.report.join("results.json").exists() {
+        report::load(&a.report)?
+    } else {
+        Results::default()
+    };
+    let setting = results.setting.clone();
+    plan::merge(&a.report, &setting, &mut results, |_, _| true)?;
+    let mut trials = 0;
+    if let Some(g) = grid {
+        for m in methods {
+            for (epochs, lr) in grid_points(m, classes, g)? {
+                if !results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
+                    print(plan::Job::Trial {
+                        method: m.clone(),
+                        epochs,
+                        lr,
+                    });
+                    trials += 1;
+                }
+            }
+        }
+    }
+    if trials > 0 {
+        eprintln!("# stage 2 of 3 (tuning trials); rerun --plan when these jobs have finished");
+        return Ok(());
+    }
+    let mut runs = 0;
+    for seed in 0..a.seeds {
+        for m in methods {
+            if !results
+                .runs
+                .iter()
+                .any(|r| &r.method == m && r.seed == seed)
+            {
+                print(plan::Job::Run {
+                    method: m.clone(),
+                    seed,
+                });
+                runs += 1;
+            }
+        }
+    }
+    if runs > 0 {
+        eprintln!("# stage 3 of 3 (runs); then run the command without --plan to write the table");
+    } else {
+        eprintln!("# nothing left to run: the command without --plan merges the jobs' results and writes the table");
+    }
+    Ok(())
 }
 
 /// Calibration images for post-training quantization: 512 retain images
@@ -461,6 +541,53 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         cfg,
         tcfg
     );
+    let job = a.job.as_deref().map(plan::Job::parse).transpose()?;
+    if a.plan || job.is_some() {
+        if whole_sequence {
+            return Err("--plan and --job cover one forget set, not a sequence of requests".into());
+        }
+        let split = forgetting::split(&spec, &tr, &te)?;
+        let mut keys = vec![
+            ("original", base_key.clone(), tr.clone()),
+            (
+                "retrain",
+                format!("{base_key}|exclude {}", a.forget),
+                tr.subset(&split.retain),
+            ),
+        ];
+        if grid.is_some() {
+            let vf = validation_forget(&spec, &tr, &split);
+            keys.push((
+                "retrain-validation",
+                format!("{base_key}|validation of {}", a.forget),
+                tr.subset(&complement(tr.len(), &vf)),
+            ));
+        }
+        let missing: Vec<&str> = keys
+            .iter()
+            .filter(|(tag, key, _)| !cached_path(&cache, tag, key).exists())
+            .map(|(tag, _, _)| *tag)
+            .collect();
+        if a.plan {
+            return print_plan(&a, &missing, &methods, grid.as_deref(), tr.classes);
+        }
+        match &job {
+            Some(plan::Job::Model(name)) => {
+                let (tag, key, set) = keys.iter().find(|(t, _, _)| t == name).ok_or_else(|| {
+                    format!("--job model:{name}: this experiment has no such model")
+                })?;
+                cached_model(&cache, tag, key, &cfg, set, &tcfg)?;
+                return Ok(());
+            }
+            _ if !missing.is_empty() => {
+                return Err(format!(
+                    "the {} model(s) are not trained yet: run their model jobs first (see --plan)",
+                    missing.join(", ")
+                ))
+            }
+            _ => {}
+        }
+    }
     let (original, _) = cached_model(&cache, "original", &base_key, &cfg, &tr, &tcfg)?;
     let original_path = cached_path(&cache, "original", &base_key);
     if whole_sequence {
@@ -540,6 +667,22 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         );
         results.setting = setting;
     }
+    let current = results.setting.clone();
+    let merged = plan::merge(&a.report, &current, &mut results, |x, y| {
+        without_grid(x) == without_grid(y)
+    })?;
+    if merged > 0 && job.is_none() {
+        eprintln!("merged {merged} results written by --job runs");
+    }
+    // A job writes only its own result file: parallel jobs never share one.
+    let in_job = job.is_some();
+    let save_results = |dir: &Path, methods: &[String], r: &mut Results| {
+        if in_job {
+            Ok(())
+        } else {
+            save_results(dir, methods, r)
+        }
+    };
     let before = forgetting::scores(&original, &tr, &te, &split)?;
     let rt = match results.retrain {
         Some(s) => s,
@@ -620,6 +763,13 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 if results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
                     continue;
                 }
+                if let Some(j) = &job {
+                    let mine = matches!(j, plan::Job::Trial { method, epochs: e, lr: l }
+                        if method == m && *e == epochs && same_lr(*l, lr));
+                    if !mine {
+                        continue;
+                    }
+                }
                 let mut o = run(
                     original_open.clone(),
                     &tr,
@@ -634,7 +784,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     "tuning {m} epochs {epochs} lr {}: validation AG {g:.2}",
                     report::lr_text(lr)
                 );
-                results.tuning.push(report::TuneTrial {
+                let trial = report::TuneTrial {
                     method: m.clone(),
                     epochs,
                     lr,
@@ -642,10 +792,42 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     avg_gap: g,
                     seconds: o.seconds,
                     check: Some(check),
-                });
+                };
+                if let Some(j) = &job {
+                    let out = plan::JobOutput {
+                        setting: results.setting.clone(),
+                        trial: Some(trial),
+                        run: None,
+                    };
+                    return plan::write(&a.report, j, &out);
+                }
+                results.tuning.push(trial);
                 save_results(&a.report, &methods, &mut results)?;
             }
         }
+    }
+    match &job {
+        Some(plan::Job::Trial { .. }) => {
+            eprintln!(
+                "{}: already done",
+                job.as_ref().map(plan::Job::text).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        Some(plan::Job::Run { method, .. }) => {
+            if let Some(g) = &grid {
+                let points = grid_points(method, tr.classes, g)?;
+                if !points
+                    .iter()
+                    .all(|&(e, l)| results.tuning.iter().any(|t| is_trial_at(t, method, e, l)))
+                {
+                    return Err(format!(
+                        "{method}: its tuning trials are not all done, so its setting is not chosen yet"
+                    ));
+                }
+            }
+        }
+        _ => {}
     }
     // Each method's setting: --set, else the tuning's choice, else its default.
     let mut wanted = Vec::with_capacity(methods.len());
@@ -684,6 +866,11 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             {
                 continue;
             }
+            if let Some(j) = &job {
+                if !matches!(j, plan::Job::Run { method, seed: s } if method == m && *s == seed) {
+                    continue;
+                }
+            }
             let mut o = run(
                 original_open.clone(),
                 &tr,
@@ -707,7 +894,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 o.seconds,
                 if check.passed { "passed" } else { "failed" }
             );
-            results.runs.push(RunResult {
+            let result = RunResult {
                 method: m.clone(),
                 seed,
                 scores: o.after,
@@ -718,7 +905,16 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 check: Some(check),
                 request: None,
                 quantized,
-            });
+            };
+            if let Some(j) = &job {
+                let out = plan::JobOutput {
+                    setting: results.setting.clone(),
+                    trial: None,
+                    run: Some(result),
+                };
+                return plan::write(&a.report, j, &out);
+            }
+            results.runs.push(result);
             save_results(&a.report, &methods, &mut results)?;
         }
     }

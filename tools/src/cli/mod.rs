@@ -4,6 +4,7 @@ mod demo;
 mod eval;
 mod experiment;
 mod inspect;
+mod plan;
 mod quantize;
 mod receipts;
 mod render;
