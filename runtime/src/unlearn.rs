@@ -116,12 +116,39 @@ impl Method {
         }
     }
 
-    /// The reference's defaults: (epochs, learning rate).
-    pub fn default_schedule(&self) -> (usize, f32) {
+    /// The reference code's defaults: (epochs, learning rate). Experiments
+    /// resolve `lrx=` grids and untuned methods against these.
+    pub fn reference_schedule(&self) -> (usize, f32) {
         match self {
             Method::Ga => (5, 1e-4),
             _ => (10, 0.01),
         }
+    }
+
+    /// qmul's defaults: the reference's epochs, and the learning rate the
+    /// tuned tables chose, so that a caller who names only a method and a
+    /// budget gets a model that forgets. Chosen on the seven tuned 20k
+    /// Fashion-MNIST tables (PACT, LSQ, DSQ and full precision, random 10% and
+    /// class 0; grid 1x, 5x, 20x the reference rate, 1 or 2 epochs, batch
+    /// 64): Q-MUL chose 0.05 in all seven, l1-sparse 0.05 in seven, RL 0.01 in
+    /// seven, SalUn 0.01 in five, FT 0.05 in the four random settings (0.2 in
+    /// the class-wise ones), GA 5e-4 in four. The ablation variants (`rl+sl`,
+    /// `rl+agr`) take Q-MUL's rate, at which the ablation compares them.
+    /// Checked on a scenario none of them saw (`docs/results.md`, section 7).
+    pub fn default_schedule(&self) -> (usize, f32) {
+        let (epochs, _) = self.reference_schedule();
+        let lr = match self {
+            Method::Relabel {
+                relabel: Relabel::Random,
+                agr: false,
+                ..
+            } => 0.01,
+            Method::Relabel { .. } => 0.05,
+            Method::Salun { .. } => 0.01,
+            Method::Ft | Method::L1 { .. } => 0.05,
+            Method::Ga => 5e-4,
+        };
+        (epochs, lr)
     }
 }
 

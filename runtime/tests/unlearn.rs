@@ -491,3 +491,17 @@ fn the_reference_schedule_steps_once_per_epoch() {
     };
     assert_ne!(run(s), run(e));
 }
+
+/// qmul's defaults come from the tuned tables; the reference's stay
+/// available for experiments (which tune relative to them).
+#[test]
+fn defaults_are_the_tuned_rates_and_the_reference_stays() {
+    let q = Method::qmul(10);
+    assert_eq!(q.reference_schedule(), (10, 0.01));
+    assert_eq!(Config::new(q.clone()).lr, 0.05);
+    assert_eq!(Config::new(q).epochs, 10);
+    assert_eq!(Config::new(Method::rl(10)).lr, 0.01);
+    assert_eq!(Config::new(Method::Ft).lr, 0.05);
+    assert_eq!(Config::new(Method::Ga).lr, 5e-4);
+    assert_eq!(Method::Ga.reference_schedule(), (5, 1e-4));
+}

@@ -185,7 +185,11 @@ pub(super) fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Optio
 /// A method's reference configuration (its default epochs and rate); `None`
 /// for retrain, which is not an unlearning method.
 pub(super) fn reference_config(m: &str, classes: usize) -> Result<Option<Config>, String> {
-    Ok(parse_method(m, classes, None, 0.5, 5e-4)?.map(Config::new))
+    Ok(parse_method(m, classes, None, 0.5, 5e-4)?.map(|m| {
+        let mut c = Config::new(m);
+        (c.epochs, c.lr) = c.method.reference_schedule();
+        c
+    }))
 }
 
 /// A method's grid points as `(epochs, lr)`, `lrx=` rates resolved against its
@@ -836,6 +840,12 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
         if let Some((te_, tl)) = report::chosen(&results, m) {
             epochs = epochs.or(Some(te_));
             lr = lr.or(Some(tl));
+        }
+        // Untuned and not set: the reference code's defaults (the protocol's
+        // baseline), not qmul's own tuned defaults.
+        if let Some(c) = reference_config(m, tr.classes)? {
+            epochs = epochs.or(Some(c.epochs));
+            lr = lr.or(Some(c.lr));
         }
         wanted.push((epochs, lr));
     }

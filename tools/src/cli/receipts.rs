@@ -45,6 +45,19 @@ pub fn receipts(a: ReceiptsArgs) -> Result<(), String> {
         if !r.codes_changed.is_empty() {
             println!("     weight codes changed per epoch {:?}", r.codes_changed);
         }
+        if let Some(v) = &r.verdict {
+            println!(
+                "     deletion check {}{}: {}: {}",
+                if v.passed { "passed" } else { "failed" },
+                if v.forced {
+                    " (committed by force)"
+                } else {
+                    ""
+                },
+                v.scenario,
+                v.detail
+            );
+        }
     }
     if log.torn_tail > 0 {
         println!(

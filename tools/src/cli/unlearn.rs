@@ -30,10 +30,11 @@ pub struct UnlearnArgs {
     /// qmul, rl, salun, ft, ga, l1, retrain, or the ablations rl+sl, rl+agr.
     #[arg(long, default_value = "qmul")]
     pub method: String,
-    /// Epochs (default: the method's reference default).
+    /// Epochs (default: the reference code's, 10; GA 5).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Learning rate (default: the method's reference default).
+    /// Learning rate (default: the rate the tuned tables chose for the method:
+    /// Q-MUL, FT, l1-sparse 0.05; RL, SalUn 0.01; GA 5e-4).
     #[arg(long)]
     pub lr: Option<f32>,
     /// Batch size; 0 picks the largest (up to 256) that fits --budget.
