@@ -336,8 +336,17 @@ pub fn unlearn_cmd(a: UnlearnArgs) -> Result<(), String> {
     let (tr, te) = a.data.load()?;
     check_compatible(model.model(), &te)?;
     let split = forgetting::split(&ForgetSpec::parse(&a.forget)?, &tr, &te)?;
+    let earlier = if split.earlier.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} more were forgotten by earlier requests, and the metrics cover all {}",
+            split.earlier.len(),
+            split.forgotten().len()
+        )
+    };
     eprintln!(
-        "forgetting {} of {} training images ({}), method {}",
+        "forgetting {} of {} training images ({}), method {}{earlier}",
         split.forget.len(),
         tr.len(),
         a.forget,
