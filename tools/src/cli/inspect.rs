@@ -79,6 +79,16 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
                 "no checksum (format version 1): run `qmul upgrade FILE` to add one".into(),
         }
     );
+    println!(
+        "sub-bin state {}",
+        if model.scheme() == qmul_runtime::QuantScheme::None {
+            "not needed (full-precision weights are stored as they are)"
+        } else if open.has_sub_bin() {
+            "kept (16-bit residual per quantized weight): unlearning continues where the last run stopped"
+        } else {
+            "none (written before format version 3): unlearning starts at the bins' centres"
+        }
+    );
     for (k, v) in &model.info {
         println!("info.{k:<9} {v}");
     }
