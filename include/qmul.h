@@ -233,7 +233,14 @@ typedef struct qmul_scores {
   double fa;
   double ra;
   double ta;
+  // The confidence attack's MIA efficacy (the one of the Average Gap).
   double mia;
+  // The entropy, modified-entropy and loss-threshold attacks' efficacies
+  // (same shadow protocol). Added after the first version: a caller whose
+  // `struct_size` ends before them does not get them.
+  double mia_entropy;
+  double mia_m_entropy;
+  double mia_loss;
 } qmul_scores;
 
 // What a commit wrote. Set `struct_size` before the call.

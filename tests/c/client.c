@@ -277,7 +277,10 @@ int main(int argc, char **argv) {
     memset(&sc, 0, sizeof sc);
     sc.struct_size = sizeof sc;
     EXPECT(qmul_session_evaluate(session, 1, &sc), QMUL_OK);
-    printf("evaluate: FA %.2f RA %.2f TA %.2f MIA %.2f\n", sc.fa, sc.ra, sc.ta, sc.mia);
+    printf("evaluate: FA %.2f RA %.2f TA %.2f MIA %.2f (entropy %.2f, modified entropy %.2f, loss %.2f)\n",
+           sc.fa, sc.ra, sc.ta, sc.mia, sc.mia_entropy, sc.mia_m_entropy, sc.mia_loss);
+    CHECK(sc.mia_entropy >= 0 && sc.mia_entropy <= 100 && sc.mia_loss >= 0 && sc.mia_loss <= 100,
+          "the extra attacks are efficacies in percent");
     EXPECT(qmul_session_evaluate(session, 7, &sc), QMUL_ERR_INVALID_ARGUMENT);
 
     /* Commit with a receipt; the receipt log may not be the model. */

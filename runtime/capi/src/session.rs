@@ -151,7 +151,14 @@ pub struct qmul_scores {
     pub fa: f64,
     pub ra: f64,
     pub ta: f64,
+    /// The confidence attack's MIA efficacy (the one of the Average Gap).
     pub mia: f64,
+    /// The entropy, modified-entropy and loss-threshold attacks' efficacies
+    /// (same shadow protocol). Added after the first version: a caller whose
+    /// `struct_size` ends before them does not get them.
+    pub mia_entropy: f64,
+    pub mia_m_entropy: f64,
+    pub mia_loss: f64,
 }
 
 /// Where a commit goes; get defaults from `qmul_commit_default_params`.
@@ -778,6 +785,9 @@ pub unsafe extern "C" fn qmul_session_evaluate(
             ra: sc.ra,
             ta: sc.ta,
             mia: sc.mia,
+            mia_entropy: sc.attacks.map_or(f64::NAN, |a| a.entropy),
+            mia_m_entropy: sc.attacks.map_or(f64::NAN, |a| a.m_entropy),
+            mia_loss: sc.attacks.map_or(f64::NAN, |a| a.loss),
         };
         // SAFETY: the caller's contract.
         unsafe { write_result(out_s, r, 8, "out_s") }
