@@ -6,6 +6,7 @@
 //! stopped; model training resumes from its per-epoch checkpoint.
 
 use super::plan;
+use super::start::{start_model, Start};
 use super::unlearn::{parse_method, run, UnlearnArgs};
 use super::DataArgs;
 use crate::data::{Augment, Dataset};
@@ -17,7 +18,6 @@ use clap::Args;
 use qmul_models::{resnet, ResNetConfig};
 use qmul_runtime::metrics::avg_gap;
 use qmul_runtime::metrics::Scores;
-use qmul_runtime::session::OpenModel;
 use qmul_runtime::unlearn::{Config, Schedule};
 use qmul_runtime::{model_file, ptq, InitOptions, Model, Precision, QuantScheme};
 use sha2::{Digest, Sha256};
@@ -100,67 +100,6 @@ pub struct ExperimentArgs {
     pub start: String,
 }
 
-/// What an experiment's unlearning runs start from (`--start`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Start {
-    File,
-    Codes,
-    Latent,
-}
-
-impl Start {
-    fn parse(s: &str) -> Result<Start, String> {
-        match s {
-            "file" => Ok(Start::File),
-            "codes" => Ok(Start::Codes),
-            "latent" => Ok(Start::Latent),
-            o => Err(format!("unknown --start '{o}' (file, codes, latent)")),
-        }
-    }
-}
-
-/// The session's view of the original for `start`.
-pub(super) fn start_model(
-    original: &Model,
-    path: &Path,
-    start: Start,
-) -> Result<std::sync::Arc<OpenModel>, String> {
-    let e = |e: qmul_runtime::error::Error| e.to_string();
-    match start {
-        Start::File => {
-            let open = OpenModel::from_model(original.clone()).map_err(e)?;
-            if !open.has_sub_bin() {
-                eprintln!(
-                    "note: {} keeps no sub-bin state (written before format version 3): \
-                     unlearning starts at the bins' centres",
-                    path.display()
-                );
-            }
-            Ok(open)
-        }
-        Start::Codes => {
-            let plain =
-                model_file::to_bytes_with(original, model_file::WriteOptions { sub_bin: false })
-                    .map_err(|e| e.to_string())?;
-            OpenModel::from_bytes(&plain).map_err(e)
-        }
-        Start::Latent => {
-            let mut m = original.clone();
-            let lp = train::latent_path(path);
-            if !lp.exists() {
-                return Err(format!(
-                    "--start latent: {} is missing (the original was trained before latent \
-                     files were kept; delete {} to retrain it)",
-                    lp.display(),
-                    path.display()
-                ));
-            }
-            train::load_latent(&mut m, &lp)?;
-            OpenModel::from_exact_model(m).map_err(e)
-        }
-    }
-}
-
 /// `(epochs, lr)` overrides of one method from `--set`.
 pub(super) fn overrides(set: &str, method: &str) -> Result<(Option<usize>, Option<f32>), String> {
     let (mut e, mut l) = (None, None);
@@ -194,7 +133,7 @@ pub(super) fn reference_config(m: &str, classes: usize) -> Result<Option<Config>
 
 /// A method's grid points as `(epochs, lr)`, `lrx=` rates resolved against its
 /// reference default.
-fn grid_points(
+pub(super) fn grid_points(
     m: &str,
     classes: usize,
     grid: &[(usize, GridLr)],
@@ -204,7 +143,7 @@ fn grid_points(
 }
 
 /// Whether `trial` was run at grid point `(epochs, lr)` of method `m`.
-fn is_trial_at(trial: &report::TuneTrial, m: &str, epochs: usize, lr: f32) -> bool {
+pub(super) fn is_trial_at(trial: &report::TuneTrial, m: &str, epochs: usize, lr: f32) -> bool {
     trial.method == m && trial.epochs == epochs && same_lr(trial.lr, lr)
 }
 
@@ -310,7 +249,7 @@ pub(super) fn cached_model(
 /// differ by orders of magnitude (GA's 1e-4 against FT's 1e-2) get the same
 /// relative search.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum GridLr {
+pub(super) enum GridLr {
     Abs(f32),
     Times(f32),
 }
@@ -366,74 +305,6 @@ fn parse_grid(g: &str) -> Result<Vec<(usize, GridLr)>, String> {
         .iter()
         .flat_map(|&e| lrs.iter().map(move |&l| (e, l)))
         .collect())
-}
-
-/// `--plan`: the jobs of the first stage that is not finished (models, then
-/// tuning trials, then runs), one shell command per line on stdout; what
-/// comes after goes to stderr.
-fn print_plan(
-    a: &ExperimentArgs,
-    missing_models: &[&str],
-    methods: &[String],
-    grid: Option<&[(usize, GridLr)]>,
-    classes: usize,
-) -> Result<(), String> {
-    let print = |j: plan::Job| println!("{}", plan::command_for(&j));
-    if !missing_models.is_empty() {
-        for m in missing_models {
-            print(plan::Job::Model(m.to_string()));
-        }
-        eprintln!("# stage 1 of 3 (models); rerun --plan when these jobs have finished");
-        return Ok(());
-    }
-    let mut results: Results = if a.report.join("results.json").exists() {
-        report::load(&a.report)?
-    } else {
-        Results::default()
-    };
-    let setting = results.setting.clone();
-    plan::merge(&a.report, &setting, &mut results, |_, _| true)?;
-    let mut trials = 0;
-    if let Some(g) = grid {
-        for m in methods {
-            for (epochs, lr) in grid_points(m, classes, g)? {
-                if !results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
-                    print(plan::Job::Trial {
-                        method: m.clone(),
-                        epochs,
-                        lr,
-                    });
-                    trials += 1;
-                }
-            }
-        }
-    }
-    if trials > 0 {
-        eprintln!("# stage 2 of 3 (tuning trials); rerun --plan when these jobs have finished");
-        return Ok(());
-    }
-    let mut runs = 0;
-    for seed in 0..a.seeds {
-        for m in methods {
-            if !results
-                .runs
-                .iter()
-                .any(|r| &r.method == m && r.seed == seed)
-            {
-                print(plan::Job::Run {
-                    method: m.clone(),
-                    seed,
-                });
-                runs += 1;
-            }
-        }
-    }
-    if runs > 0 {
-        eprintln!("# stage 3 of 3 (runs); then run the command without --plan to write the table");
-    } else {
-        eprintln!("# nothing left to run: the command without --plan merges the jobs' results and writes the table");
-    }
-    Ok(())
 }
 
 /// Calibration images for post-training quantization: 512 retain images
@@ -573,7 +444,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
             .map(|(tag, _, _)| *tag)
             .collect();
         if a.plan {
-            return print_plan(&a, &missing, &methods, grid.as_deref(), tr.classes);
+            return plan::print_plan(&a, &missing, &methods, grid.as_deref(), tr.classes);
         }
         match &job {
             Some(plan::Job::Model(name)) => {

@@ -9,6 +9,7 @@ mod quantize;
 mod receipts;
 mod render;
 mod sequence;
+mod start;
 mod train;
 pub mod unlearn;
 mod upgrade;

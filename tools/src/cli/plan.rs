@@ -8,6 +8,7 @@
 //! then tuning trials, then runs, which need the tuning's choice). A plain
 //! `qmul experiment` merges what the jobs wrote and finishes the table.
 
+use super::experiment::{grid_points, is_trial_at, ExperimentArgs, GridLr};
 use crate::report::{self, Results, RunResult, TuneTrial};
 use std::path::{Path, PathBuf};
 
@@ -162,6 +163,74 @@ pub fn command_for(job: &Job) -> String {
     words.push("--job".into());
     words.push(quote(&job.text()));
     words.join(" ")
+}
+
+/// `--plan`: the jobs of the first stage that is not finished (models, then
+/// tuning trials, then runs), one shell command per line on stdout; what
+/// comes after goes to stderr.
+pub fn print_plan(
+    a: &ExperimentArgs,
+    missing_models: &[&str],
+    methods: &[String],
+    grid: Option<&[(usize, GridLr)]>,
+    classes: usize,
+) -> Result<(), String> {
+    let print = |j: Job| println!("{}", command_for(&j));
+    if !missing_models.is_empty() {
+        for m in missing_models {
+            print(Job::Model(m.to_string()));
+        }
+        eprintln!("# stage 1 of 3 (models); rerun --plan when these jobs have finished");
+        return Ok(());
+    }
+    let mut results: Results = if a.report.join("results.json").exists() {
+        report::load(&a.report)?
+    } else {
+        Results::default()
+    };
+    let setting = results.setting.clone();
+    merge(&a.report, &setting, &mut results, |_, _| true)?;
+    let mut trials = 0;
+    if let Some(g) = grid {
+        for m in methods {
+            for (epochs, lr) in grid_points(m, classes, g)? {
+                if !results.tuning.iter().any(|t| is_trial_at(t, m, epochs, lr)) {
+                    print(Job::Trial {
+                        method: m.clone(),
+                        epochs,
+                        lr,
+                    });
+                    trials += 1;
+                }
+            }
+        }
+    }
+    if trials > 0 {
+        eprintln!("# stage 2 of 3 (tuning trials); rerun --plan when these jobs have finished");
+        return Ok(());
+    }
+    let mut runs = 0;
+    for seed in 0..a.seeds {
+        for m in methods {
+            if !results
+                .runs
+                .iter()
+                .any(|r| &r.method == m && r.seed == seed)
+            {
+                print(Job::Run {
+                    method: m.clone(),
+                    seed,
+                });
+                runs += 1;
+            }
+        }
+    }
+    if runs > 0 {
+        eprintln!("# stage 3 of 3 (runs); then run the command without --plan to write the table");
+    } else {
+        eprintln!("# nothing left to run: the command without --plan merges the jobs' results and writes the table");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
