@@ -350,8 +350,9 @@ struct qmul_session_params qmul_session_default_params(void);
 
 // The default settings of `method` (a `qmul_method`): the reference code's
 // epochs, the learning rate qmul's tuned tables chose for the method (Q-MUL
-// 0.05; see `Method::default_schedule`), batch 256, momentum 0.9, weight
-// decay 5e-4, the reference per-epoch cosine.
+// 0.05; see `Method::default_schedule`), batch 64 (the tables' batch; 0
+// asks for the largest up to 256 that the budget allows), momentum 0.9,
+// weight decay 5e-4, the reference per-epoch cosine.
 struct qmul_unlearn_params qmul_unlearn_default_params(int32_t method);
 
 // Default commit settings: the opened path, no receipt.

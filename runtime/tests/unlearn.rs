@@ -504,4 +504,5 @@ fn defaults_are_the_tuned_rates_and_the_reference_stays() {
     assert_eq!(Config::new(Method::Ft).lr, 0.05);
     assert_eq!(Config::new(Method::Ga).lr, 5e-4);
     assert_eq!(Method::Ga.reference_schedule(), (5, 1e-4));
+    assert_eq!(Config::new(Method::Ft).batch, 64);
 }

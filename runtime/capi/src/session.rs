@@ -229,8 +229,9 @@ fn method_of(code: i32, variant: Variant, sparsity: f32, l1_gamma: f32) -> Resul
 
 /// The default settings of `method` (a `qmul_method`): the reference code's
 /// epochs, the learning rate qmul's tuned tables chose for the method (Q-MUL
-/// 0.05; see `Method::default_schedule`), batch 256, momentum 0.9, weight
-/// decay 5e-4, the reference per-epoch cosine.
+/// 0.05; see `Method::default_schedule`), batch 64 (the tables' batch; 0
+/// asks for the largest up to 256 that the budget allows), momentum 0.9,
+/// weight decay 5e-4, the reference per-epoch cosine.
 #[no_mangle]
 pub extern "C" fn qmul_unlearn_default_params(method: i32) -> qmul_unlearn_params {
     let m = method_of(method, Variant::Sequential, 0.5, 5e-4).unwrap_or(Method::Ft);

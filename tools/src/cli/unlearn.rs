@@ -37,8 +37,9 @@ pub struct UnlearnArgs {
     /// Q-MUL, FT, l1-sparse 0.05; RL, SalUn 0.01; GA 5e-4).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// Batch size; 0 picks the largest (up to 256) that fits --budget.
-    #[arg(long, default_value_t = 256)]
+    /// Batch size (default: 64, the tuned tables' batch); 0 picks the largest
+    /// (up to 256) that fits --budget.
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
