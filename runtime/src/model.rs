@@ -308,42 +308,47 @@ impl Model {
 
     /// Quantizes every conv and linear layer's latent weights for one pass.
     pub fn quantize_weights(&self) -> Result<Vec<Option<QWeights>>, PassError> {
-        self.graph
-            .nodes
-            .iter()
-            .zip(&self.slots)
-            .map(|(op, s)| {
-                let (w, wq, kind, cout, prec) = match (s, op) {
-                    (Slots::Conv { w, wq, kind, .. }, Op::Conv { cout, prec, .. }) => {
-                        (*w, *wq, *kind, *cout, *prec)
-                    }
-                    (Slots::Linear { w, wq, kind, .. }, Op::Linear { out, prec, .. }) => {
-                        (*w, *wq, *kind, *out, *prec)
-                    }
-                    _ => return Ok(None),
-                };
-                let wl = &self.params[w].data;
-                let kdim = wl.len() / cout.max(1);
-                Ok(Some(match prec {
-                    _ if kind == WeightQuant::None => QWeights::F32(wl.clone()),
-                    Precision::Int4 => {
-                        let q = weight::quantize(kind, &self.params[wq].data, wl, cout);
-                        QWeights::Int4 {
-                            packed: pack::pack_s4(&q.codes, cout, kdim)?,
-                            scale: q.scale,
-                        }
-                    }
-                    _ => {
-                        let q = weight::quantize(kind, &self.params[wq].data, wl, cout);
-                        let rows: Vec<i8> = pack::pad_rows_8bit(&q.codes, cout, kdim)?;
-                        QWeights::Int8 {
-                            rows: bytemuck::cast_slice(&rows).to_vec(),
-                            scale: q.scale,
-                        }
-                    }
-                }))
-            })
+        (0..self.graph.nodes.len())
+            .map(|i| Ok(self.quantize_layer(i)?.map(|(w, _)| w)))
             .collect()
+    }
+
+    /// Node `i`'s weights as a pass takes them, with the codes and scales
+    /// they came from (`None` for f32 weights), or `None` if the node has no
+    /// weights.
+    pub fn quantize_layer(
+        &self,
+        i: usize,
+    ) -> Result<Option<(QWeights, Option<weight::Quantized>)>, PassError> {
+        let (w, wq, kind, cout, prec) = match (&self.slots[i], &self.graph.nodes[i]) {
+            (Slots::Conv { w, wq, kind, .. }, Op::Conv { cout, prec, .. }) => {
+                (*w, *wq, *kind, *cout, *prec)
+            }
+            (Slots::Linear { w, wq, kind, .. }, Op::Linear { out, prec, .. }) => {
+                (*w, *wq, *kind, *out, *prec)
+            }
+            _ => return Ok(None),
+        };
+        let wl = &self.params[w].data;
+        if kind == WeightQuant::None {
+            return Ok(Some((QWeights::F32(wl.clone()), None)));
+        }
+        let kdim = wl.len() / cout.max(1);
+        let q = weight::quantize(kind, &self.params[wq].data, wl, cout);
+        let packed = match prec {
+            Precision::Int4 => QWeights::Int4 {
+                packed: pack::pack_s4(&q.codes, cout, kdim)?,
+                scale: q.scale.clone(),
+            },
+            _ => {
+                let rows: Vec<i8> = pack::pad_rows_8bit(&q.codes, cout, kdim)?;
+                QWeights::Int8 {
+                    rows: bytemuck::cast_slice(&rows).to_vec(),
+                    scale: q.scale.clone(),
+                }
+            }
+        };
+        Ok(Some((packed, Some(q))))
     }
 
     /// The integer weight codes of every quantized layer (one byte per weight,

@@ -101,6 +101,18 @@ pub struct Forgetting {
     pub ta: Option<f64>,
 }
 
+impl From<&Scores> for Forgetting {
+    /// The forget-set figures of a full evaluation (the same sets give the
+    /// same numbers as [`forgetting`]).
+    fn from(s: &Scores) -> Self {
+        Forgetting {
+            fa: s.fa,
+            mia: Some(s.mia),
+            ta: Some(s.ta),
+        }
+    }
+}
+
 /// Accuracy (percent) and confidence features of `model` on a set.
 fn accuracy_and_confidence(model: &Model, s: Samples, batch: usize) -> Result<(f64, Vec<f64>)> {
     let (acc, f) = accuracy_and_features(model, s, batch, usize::MAX, false)?;

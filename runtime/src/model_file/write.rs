@@ -6,7 +6,7 @@
 use super::{ModelFileError, FORMAT, FORMAT_VERSION, INPUT, NIBBLE_ORDER};
 use crate::model::{Model, QWeights, Slots};
 use crate::quant::sub_bin;
-use crate::quant::weight::{self, WeightQuant};
+use crate::quant::weight::WeightQuant;
 use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -61,15 +61,19 @@ pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
 pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, ModelFileError> {
     check_finite(model)?;
     let mut out: BTreeMap<String, Out> = BTreeMap::new();
-    let qw = model
-        .quantize_weights()
-        .map_err(|e| ModelFileError::Unwritable(e.to_string()))?;
     for (i, op) in model.graph.nodes.iter().enumerate() {
         let name = op.name().unwrap_or_default().to_string();
         match &model.slots[i] {
             Slots::Conv { w, wq, .. } | Slots::Linear { w, wq, .. } => {
                 let rows = model.params[*w].shape[0];
-                match &qw[i] {
+                let (qw, codes) = match model
+                    .quantize_layer(i)
+                    .map_err(|e| ModelFileError::Unwritable(e.to_string()))?
+                {
+                    Some((qw, codes)) => (Some(qw), codes),
+                    None => (None, None),
+                };
+                match &qw {
                     Some(QWeights::Int4 { packed, scale }) => {
                         out.insert(
                             format!("{name}.codes"),
@@ -102,9 +106,8 @@ pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, Model
                     Slots::Conv { kind, .. } | Slots::Linear { kind, .. } => kind,
                     _ => WeightQuant::None,
                 };
-                if opts.sub_bin && kind != WeightQuant::None {
-                    let (wl, qp) = (&model.params[*w], &model.params[*wq].data);
-                    let q = weight::quantize(kind, qp, &wl.data, rows);
+                if let (true, Some(q)) = (opts.sub_bin, &codes) {
+                    let wl = &model.params[*w];
                     let r = sub_bin::encode(kind, &wl.data, &q.codes, &q.scale);
                     out.insert(
                         format!("{name}.residual"),

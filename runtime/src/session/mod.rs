@@ -581,11 +581,7 @@ impl Session {
         let probe = alloc::Probe::start();
         let s = metrics::scores(m, f, r, t, EVAL_BATCH)?;
         let measured = probe.peak();
-        let seen = Forgetting {
-            fa: s.fa,
-            mia: Some(s.mia),
-            ta: Some(s.ta),
-        };
+        let seen = Forgetting::from(&s);
         match which {
             Which::Current => self.baseline = Some(seen),
             Which::Unlearned => {
@@ -631,14 +627,20 @@ impl Session {
                 a
             }
         };
-        let scenario = self.scenario()?;
-        let n = self.forget.as_ref().map_or(0, SampleSet::len);
-        let verdict = verdict::judge(scenario, &before, &after, n);
+        let verdict = self.judge(&before, &after)?;
         Ok(Verification {
             before,
             after,
             verdict,
         })
+    }
+
+    /// The deletion check of this session's sets on figures already measured
+    /// on them (what [`Session::verify`] measures; a caller that evaluated the
+    /// same sets, as an experiment does, need not evaluate them again).
+    pub fn judge(&self, before: &Forgetting, after: &Forgetting) -> Result<Verdict> {
+        let n = self.forget.as_ref().map_or(0, SampleSet::len);
+        Ok(verdict::judge(self.scenario()?, before, after, n))
     }
 
     /// Which deletion check applies to the session's sets.

@@ -307,6 +307,50 @@ fn parse_grid(g: &str) -> Result<Vec<(usize, GridLr)>, String> {
         .collect())
 }
 
+/// A finished run as the report keeps it, after printing its line.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_run(
+    what: &str,
+    method: &str,
+    seed: u64,
+    o: super::unlearn::Outcome,
+    avg_gap: f64,
+    check: qmul_runtime::session::Verdict,
+    request: Option<usize>,
+    quantized: Option<Scores>,
+) -> RunResult {
+    eprintln!(
+        "{what}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {avg_gap:.2} ({:.0}s); deletion check {}",
+        o.after.fa,
+        o.after.ra,
+        o.after.ta,
+        o.after.mia,
+        o.seconds,
+        if check.passed { "passed" } else { "failed" }
+    );
+    RunResult {
+        method: method.to_string(),
+        seed,
+        scores: o.after,
+        avg_gap,
+        seconds: o.seconds,
+        config: o.config,
+        epochs: o.logs,
+        check: Some(check),
+        request,
+        quantized,
+    }
+}
+
+/// The deletion check of a run from the scores `run` already measured on
+/// the session's sets (a second evaluation through `verify` would give the
+/// same figures).
+fn deletion_check(o: &super::unlearn::Outcome) -> Result<qmul_runtime::session::Verdict, String> {
+    o.session
+        .judge(&(&o.before).into(), &(&o.after).into())
+        .map_err(|e| e.to_string())
+}
+
 /// Calibration images for post-training quantization: 512 retain images
 /// drawn with a fixed seed (never forget-set images, which would put what was
 /// forgotten back into the clips).
@@ -645,7 +689,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                         continue;
                     }
                 }
-                let mut o = run(
+                let o = run(
                     original_open.clone(),
                     &tr,
                     &te,
@@ -653,7 +697,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     &unlearn_args(m, Some(epochs), Some(lr), 0, "validation"),
                     Some(vbefore),
                 )?;
-                let check = o.session.verify().map_err(|e| e.to_string())?.verdict;
+                let check = deletion_check(&o)?;
                 let g = avg_gap(&o.after, &vrt);
                 eprintln!(
                     "tuning {m} epochs {epochs} lr {}: validation AG {g:.2}",
@@ -752,7 +796,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                     continue;
                 }
             }
-            let mut o = run(
+            let o = run(
                 original_open.clone(),
                 &tr,
                 &te,
@@ -760,33 +804,22 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
                 &unlearn_args(m, epochs, lr, seed, &a.forget),
                 Some(before),
             )?;
-            let check = o.session.verify().map_err(|e| e.to_string())?.verdict;
+            let check = deletion_check(&o)?;
             let quantized = match o.session.unlearned() {
                 Some((m, _)) => deploy(m)?,
                 None => None,
             };
             let g = avg_gap(&o.after, &rt);
-            eprintln!(
-                "{m} seed {seed}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s); deletion check {}",
-                o.after.fa,
-                o.after.ra,
-                o.after.ta,
-                o.after.mia,
-                o.seconds,
-                if check.passed { "passed" } else { "failed" }
-            );
-            let result = RunResult {
-                method: m.clone(),
+            let result = record_run(
+                &format!("{m} seed {seed}"),
+                m,
                 seed,
-                scores: o.after,
-                avg_gap: g,
-                seconds: o.seconds,
-                config: o.config,
-                epochs: o.logs,
-                check: Some(check),
-                request: None,
+                o,
+                g,
+                check,
+                None,
                 quantized,
-            };
+            );
             if let Some(j) = &job {
                 let out = plan::JobOutput {
                     setting: results.setting.clone(),

@@ -9,12 +9,14 @@
 //! state. Resumable: finished requests are in `results.json`, their models in
 //! `<report>/chain/`.
 
-use super::experiment::{cached_model, overrides, reference_config, save_results, ExperimentArgs};
+use super::experiment::{
+    cached_model, overrides, record_run, reference_config, save_results, ExperimentArgs,
+};
 use super::unlearn::{run, UnlearnArgs};
 use crate::data::Dataset;
 use crate::forget::ForgetSpec;
 use crate::forgetting;
-use crate::report::{self, RequestRef, Results, RunResult};
+use crate::report::{self, RequestRef, Results};
 use crate::train::TrainConfig;
 use qmul_models::ResNetConfig;
 use qmul_runtime::metrics::avg_gap;
@@ -164,27 +166,16 @@ pub fn run_sequence(
                     })
                     .map_err(|e| e.to_string())?;
                 let g = avg_gap(&o.after, &rt);
-                eprintln!(
-                    "{m} seed {seed} request {k}/{count}: FA {:.2} RA {:.2} TA {:.2} MIA {:.2} AG {g:.2} ({:.0}s); deletion check {}",
-                    o.after.fa,
-                    o.after.ra,
-                    o.after.ta,
-                    o.after.mia,
-                    o.seconds,
-                    if check.passed { "passed" } else { "failed" }
-                );
-                results.runs.push(RunResult {
-                    method: m.clone(),
+                results.runs.push(record_run(
+                    &format!("{m} seed {seed} request {k}/{count}"),
+                    m,
                     seed,
-                    scores: o.after,
-                    avg_gap: g,
-                    seconds: o.seconds,
-                    config: o.config,
-                    epochs: o.logs,
-                    check: Some(check),
-                    request: Some(k),
-                    quantized: None,
-                });
+                    o,
+                    g,
+                    check,
+                    Some(k),
+                    None,
+                ));
                 save_results(&a.report, s.methods, &mut results)?;
             }
         }
