@@ -17,6 +17,7 @@
 //! chosen at run time from CPU features (override with `QMUL_KERNEL`); the public
 //! functions here split the output across threads (see [`par`]).
 
+pub mod ceiling;
 pub mod cpu;
 pub mod pack;
 pub mod par;
@@ -292,4 +293,11 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
 pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     p.check(c.len())?;
     par::sgemm(active(), p, c)
+}
+
+/// [`sgemm`] on the calling thread only, for callers that already split their
+/// work across the cores (the fused `dX` tiles of the convolution backward).
+pub fn sgemm_single(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    (active().sgemm)(p, c)
 }

@@ -15,6 +15,7 @@ use crate::ops::bn::{self, BatchStats};
 use crate::ops::conv::{self, ConvInput};
 use crate::ops::im2col::ConvGeom;
 use crate::ops::{linear, loss, pool};
+use crate::profile::{time, Phase};
 use crate::quant::{act, weight};
 use std::borrow::Cow;
 
@@ -230,7 +231,7 @@ impl Model {
         let mut ctx = Ctx {
             model,
             n,
-            qw: model.quantize_weights()?,
+            qw: time(Phase::WeightQuant, || model.quantize_weights())?,
             stats: vec![None; nodes.len()],
             frozen_bn,
         };
@@ -263,7 +264,9 @@ impl Model {
             Some(Value::F32(l)) => l,
             _ => return Err(PassError("graph produced no logits".into())),
         };
-        let (loss_v, dlogits) = loss::weighted_ce(&logits, model.classes(), t.labels, t.weights);
+        let (loss_v, dlogits) = time(Phase::Loss, || {
+            loss::weighted_ce(&logits, model.classes(), t.labels, t.weights)
+        });
         let saved_bytes = saved.iter().flatten().map(Value::bytes).sum();
         let grads = ctx.backward(saved, dlogits, images)?;
         if update_running && !frozen_bn {
@@ -380,7 +383,9 @@ impl Ctx<'_> {
     fn f32_of<'v>(&self, v: &'v Value, len: usize) -> Cow<'v, [f32]> {
         match v {
             Value::F32(x) => Cow::Borrowed(x),
-            other => Cow::Owned(conv::to_f32(other.as_conv_input(), len)),
+            other => Cow::Owned(time(Phase::Elementwise, || {
+                conv::to_f32(other.as_conv_input(), len)
+            })),
         }
     }
 
@@ -450,12 +455,12 @@ impl Ctx<'_> {
                     Mode::Train if self.frozen_bn => {
                         bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data)
                     }
-                    Mode::Train => bn::batch_stats(&x, g.len()),
+                    Mode::Train => time(Phase::BatchNorm, || bn::batch_stats(&x, g.len())),
                     Mode::Recompute => self.stats[i]
                         .clone()
                         .ok_or_else(|| broken("batch statistics not saved by the forward"))?,
                 };
-                let y = bn::apply(&x, g, b, &st);
+                let y = time(Phase::BatchNorm, || bn::apply(&x, g, b, &st));
                 if matches!(mode, Mode::Train) {
                     self.stats[i] = Some(st);
                 }
@@ -470,7 +475,9 @@ impl Ctx<'_> {
                 } else {
                     let qp = &m.params[q].data;
                     let mut packed = vec![0u8; x.len().div_ceil(2)];
-                    act::quantize_packed(scheme, qp, &x, &mut packed);
+                    time(Phase::ActQuant, || {
+                        act::quantize_packed(scheme, qp, &x, &mut packed)
+                    });
                     Value::Codes {
                         packed,
                         scale: act::scale(scheme, qp),
@@ -480,20 +487,26 @@ impl Ctx<'_> {
             Op::Add { a, b } => {
                 let mut x = self.f32_of(val(*a)?, len(*a)).into_owned();
                 let y = self.f32_of(val(*b)?, len(*b));
-                x.iter_mut().zip(y.iter()).for_each(|(p, q)| *p += q);
+                time(Phase::Elementwise, || {
+                    x.iter_mut().zip(y.iter()).for_each(|(p, q)| *p += q)
+                });
                 Value::F32(x)
             }
             Op::GlobalAvgPool { input } => {
                 let s = m.shapes[*input];
                 let x = self.f32_of(val(*input)?, len(*input));
-                Value::F32(pool::gap_forward(&x, n, s.h * s.w, s.c))
+                Value::F32(time(Phase::Elementwise, || {
+                    pool::gap_forward(&x, n, s.h * s.w, s.c)
+                }))
             }
             Op::Linear { input, out, .. } => {
                 let (_, b, _, _, cin) =
                     m.slots[i].linear().ok_or_else(|| broken("linear slots"))?;
                 let x = self.f32_of(val(*input)?, len(*input));
                 let w = self.weights(i)?.linear()?;
-                Value::F32(linear::forward(&x, n, cin, *out, w, &m.params[b].data)?)
+                Value::F32(time(Phase::IntGemm, || {
+                    linear::forward(&x, n, cin, *out, w, &m.params[b].data)
+                })?)
             }
         })
     }
@@ -547,7 +560,9 @@ impl Ctx<'_> {
         }
         fn add_to(d: &mut Option<Vec<f32>>, g: Vec<f32>) {
             match d {
-                Some(v) => v.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                Some(v) => time(Phase::Elementwise, || {
+                    v.iter_mut().zip(&g).for_each(|(a, b)| *a += b)
+                }),
                 None => *d = Some(g),
             }
         }
@@ -565,26 +580,30 @@ impl Ctx<'_> {
                     let xv = self.ensured(*input, &mut vals, images)?;
                     let x = self.f32_of(xv, len(*input));
                     let lw = self.weights(i)?.linear()?;
-                    let (dwq, db, dx) = linear::backward(&x, n, cin, *out, lw, &dy)?;
+                    let (dwq, db, dx) = time(Phase::FloatGemm, || {
+                        linear::backward(&x, n, cin, *out, lw, &dy)
+                    })?;
                     let (gw, gq) = two_mut(&mut grads, w, wq)?;
-                    weight::backward(
-                        kind,
-                        &m.params[wq].data,
-                        &m.params[w].data,
-                        &dwq,
-                        *out,
-                        gw,
-                        gq,
-                    );
+                    time(Phase::WeightQuant, || {
+                        weight::backward(
+                            kind,
+                            &m.params[wq].data,
+                            &m.params[w].data,
+                            &dwq,
+                            *out,
+                            gw,
+                            gq,
+                        )
+                    });
                     grads[b].iter_mut().zip(&db).for_each(|(a, v)| *a += v);
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::GlobalAvgPool { input } => {
                     let s = m.shapes[*input];
-                    add_to(
-                        &mut dnode[*input],
-                        pool::gap_backward(&dy, n, s.h * s.w, s.c),
-                    );
+                    let dx = time(Phase::Elementwise, || {
+                        pool::gap_backward(&dy, n, s.h * s.w, s.c)
+                    });
+                    add_to(&mut dnode[*input], dx);
                 }
                 Op::Add { a, b } => {
                     add_to(&mut dnode[*b], dy.clone());
@@ -596,15 +615,17 @@ impl Ctx<'_> {
                     let x = self.f32_of(xv, len(*input));
                     let mut dx = vec![0.0f32; x.len()];
                     let features = m.shapes[*input].len();
-                    act::backward(
-                        m.graph.scheme,
-                        &m.params[q].data,
-                        &x,
-                        &dy,
-                        &mut dx,
-                        &mut grads[q],
-                        features,
-                    );
+                    time(Phase::ActQuant, || {
+                        act::backward(
+                            m.graph.scheme,
+                            &m.params[q].data,
+                            &x,
+                            &dy,
+                            &mut dx,
+                            &mut grads[q],
+                            features,
+                        )
+                    });
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::BatchNorm { input, .. } => {
@@ -615,11 +636,13 @@ impl Ctx<'_> {
                         .as_ref()
                         .ok_or_else(|| broken("batch statistics not saved"))?;
                     let (gg, gb) = two_mut(&mut grads, gamma, beta)?;
-                    let dx = if self.frozen_bn {
-                        bn::backward_frozen(&x, &dy, &m.params[gamma].data, st, gg, gb)
-                    } else {
-                        bn::backward(&x, &dy, &m.params[gamma].data, st, gg, gb)
-                    };
+                    let dx = time(Phase::BatchNorm, || {
+                        if self.frozen_bn {
+                            bn::backward_frozen(&x, &dy, &m.params[gamma].data, st, gg, gb)
+                        } else {
+                            bn::backward(&x, &dy, &m.params[gamma].data, st, gg, gb)
+                        }
+                    });
                     add_to(&mut dnode[*input], dx);
                 }
                 Op::Conv { input, cout, .. } => {
@@ -630,15 +653,17 @@ impl Ctx<'_> {
                     let cw = self.weights(i)?.conv();
                     let (dwq, dx) = conv::backward(&g, xv.as_conv_input(), cw, &dy, need_dx)?;
                     let (gw, gq) = two_mut(&mut grads, w, wq)?;
-                    weight::backward(
-                        kind,
-                        &m.params[wq].data,
-                        &m.params[w].data,
-                        &dwq,
-                        *cout,
-                        gw,
-                        gq,
-                    );
+                    time(Phase::WeightQuant, || {
+                        weight::backward(
+                            kind,
+                            &m.params[wq].data,
+                            &m.params[w].data,
+                            &dwq,
+                            *cout,
+                            gw,
+                            gq,
+                        )
+                    });
                     if let Some(dx) = dx {
                         add_to(&mut dnode[*input], dx);
                     }

@@ -14,6 +14,7 @@ pub mod model_file;
 pub mod ops;
 pub mod optim;
 pub mod par;
+pub mod profile;
 pub mod ptq;
 pub mod quant;
 pub mod reference;

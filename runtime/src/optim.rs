@@ -62,6 +62,12 @@ impl Sgd {
     /// when given (SalUn's saliency mask: 0 freezes an element). Quantizer
     /// parameters are clamped back into their valid ranges afterwards.
     pub fn step(&mut self, model: &mut Model, grads: &[Vec<f32>], mask: Option<&[Vec<f32>]>) {
+        crate::profile::time(crate::profile::Phase::Optimiser, || {
+            self.update(model, grads, mask)
+        })
+    }
+
+    fn update(&mut self, model: &mut Model, grads: &[Vec<f32>], mask: Option<&[Vec<f32>]>) {
         for (t, ((p, g), v)) in model
             .params
             .iter_mut()

@@ -1,6 +1,7 @@
 //! qmul-tools: the host side of qmul. The `qmul` command (train, eval, inspect),
 //! the data-set layer, forget specifications, training and evaluation loops.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod eval;

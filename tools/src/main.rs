@@ -37,6 +37,8 @@ enum Cmd {
     Upgrade(cli::UpgradeArgs),
     /// Post-training quantization: a full-precision model into the 4-bit PACT model.
     Quantize(cli::QuantizeArgs),
+    /// Ceilings, kernels, training and inference speed and memory (against PyTorch with --torch).
+    Bench(cli::BenchArgs),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel. A
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),
         Cmd::Quantize(a) => cli::quantize(a),
+        Cmd::Bench(a) => cli::bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,9 +6,11 @@
 //! backward rebuilds the column matrix from the saved input codes instead of
 //! keeping it from the forward pass.
 
-use super::im2col::{col2im_add, im2col_f32, im2col_u4, im2col_u8, ConvGeom};
+use super::im2col::{col2im_rows_add, im2col_f32, im2col_u4, im2col_u8, ConvGeom};
 use crate::exec::PassError;
+use crate::profile::{self, time, Phase};
 use qmul_kernels::{pack, BMat, QGemm, SGemm};
+use std::time::{Duration, Instant};
 
 /// A convolution input in one of the representations the graph produces.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +71,7 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
                 scale: ws,
             },
         ) => {
-            let cols = im2col_u4(g, packed);
+            let cols = time(Phase::Im2col, || im2col_u4(g, packed));
             let p = QGemm {
                 m,
                 n,
@@ -81,10 +83,10 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
                 ldc: n,
                 accumulate: false,
             };
-            qmul_kernels::qgemm_u4s4(&p, &mut out)?;
+            time(Phase::IntGemm, || qmul_kernels::qgemm_u4s4(&p, &mut out))?;
         }
         (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
-            let cols = im2col_u8(g, data);
+            let cols = time(Phase::Im2col, || im2col_u8(g, data));
             let p = QGemm {
                 m,
                 n,
@@ -96,11 +98,11 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
                 ldc: n,
                 accumulate: false,
             };
-            qmul_kernels::qgemm_u8s8(&p, &mut out)?;
+            time(Phase::IntGemm, || qmul_kernels::qgemm_u8s8(&p, &mut out))?;
         }
         (x, ConvWeights::F32(wf)) => {
             let xf = to_f32(x, g.n * g.h * g.w * g.cin);
-            let cols = im2col_f32(g, &xf);
+            let cols = time(Phase::Im2col, || im2col_f32(g, &xf));
             let wt = super::transpose(wf, n, kd);
             let p = SGemm {
                 m,
@@ -114,7 +116,7 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
                 beta: 0.0,
                 ldc: n,
             };
-            qmul_kernels::sgemm(&p, &mut out)?;
+            time(Phase::FloatGemm, || qmul_kernels::sgemm(&p, &mut out))?;
         }
         (x, w) => {
             return Err(PassError(format!(
@@ -143,7 +145,7 @@ pub fn backward(
         let (cols_u8, cols_f32);
         let (b, alpha) = match x {
             ConvInput::Codes4 { packed, scale } => {
-                cols_u8 = im2col_u4(g, packed);
+                cols_u8 = time(Phase::Im2col, || im2col_u4(g, packed));
                 (
                     BMat::U4 {
                         data: &cols_u8,
@@ -153,7 +155,7 @@ pub fn backward(
                 )
             }
             ConvInput::Bytes { data, scale } => {
-                cols_u8 = im2col_u8(g, data);
+                cols_u8 = time(Phase::Im2col, || im2col_u8(g, data));
                 (
                     BMat::U8 {
                         data: &cols_u8,
@@ -163,7 +165,7 @@ pub fn backward(
                 )
             }
             ConvInput::F32(xf) => {
-                cols_f32 = im2col_f32(g, xf);
+                cols_f32 = time(Phase::Im2col, || im2col_f32(g, xf));
                 (
                     BMat::F32 {
                         data: &cols_f32,
@@ -185,7 +187,7 @@ pub fn backward(
             beta: 0.0,
             ldc: kd,
         };
-        qmul_kernels::sgemm(&p, &mut dw)?;
+        time(Phase::FloatGemm, || qmul_kernels::sgemm(&p, &mut dw))?;
     }
     if !need_dx {
         return Ok((dw, None));
@@ -197,38 +199,92 @@ pub fn backward(
                 data: packed,
                 rs: pack::row_bytes_4bit(kd),
             },
-            scale_cols(dy, scale),
+            time(Phase::Elementwise, || scale_cols(dy, scale)),
         ),
         ConvWeights::Int8 { rows, scale } => (
             BMat::S8 {
                 data: bytemuck::cast_slice(rows),
                 rs: pack::row_bytes_8bit(kd),
             },
-            scale_cols(dy, scale),
+            time(Phase::Elementwise, || scale_cols(dy, scale)),
         ),
         ConvWeights::F32(wf) => (BMat::F32 { data: wf, rs: kd }, dy.to_vec()),
     };
-    // The column gradient is the largest write of a step: give the GEMM a
-    // 64-byte-aligned output so full-width vector stores never split cache lines.
-    let mut buf = vec![0.0f32; m * kd + 16];
-    let off = buf.as_ptr().align_offset(64).min(16);
-    let cols = &mut buf[off..off + m * kd];
-    let p = SGemm {
-        m,
-        n: kd,
-        k: n,
-        alpha: 1.0,
-        a: &dys,
-        a_rs: n,
-        a_cs: 1,
-        b,
-        beta: 0.0,
-        ldc: kd,
-    };
-    qmul_kernels::sgemm(&p, cols)?;
-    let mut dx = vec![0.0f32; g.n * g.h * g.w * g.cin];
-    col2im_add(g, cols, kd, &mut dx);
-    Ok((dw, Some(dx)))
+    Ok((dw, Some(dx_tiled(g, &dys, b)?)))
+}
+
+/// Floats of one tile of the column gradient in [`dx_tiled`] (256 KiB: a tile
+/// stays in the core's L2 between the GEMM writing it and col2im reading it).
+const DX_TILE_FLOATS: usize = 1 << 16;
+
+/// `dX = col2im(dYs * W)` one tile of column rows at a time: each thread owns
+/// whole images of `dX` (so the scatter of neighbouring rows never races) and
+/// turns each tile into input gradients before computing the next, so the
+/// backward's scratch is one tile per thread instead of the `m x kdim` column
+/// matrix, the largest buffer of a step before.
+fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
+    let (n, kd) = (g.cout, g.kdim());
+    let img = g.h * g.w * g.cin;
+    let rows_per_img = g.oh() * g.ow();
+    let tile_rows = (DX_TILE_FLOATS / kd.max(1)).max(1);
+    let on = profile::enabled();
+    let wall = Instant::now();
+    let mut dx = vec![0.0f32; g.n * img];
+    let parts = crate::par::split_mut(&mut dx, img.max(1));
+    let done = crate::par::map(parts, |(b0, part)| -> Result<[Duration; 2], PassError> {
+        let mut spent = [Duration::ZERO; 2];
+        let sub = ConvGeom {
+            n: part.len() / img.max(1),
+            ..*g
+        };
+        let rows = sub.m();
+        let tr = tile_rows.min(rows).max(1);
+        // 64-byte aligned, so full-width vector stores never split cache lines.
+        let mut buf = vec![0.0f32; tr * kd + 16];
+        let off = buf.as_ptr().align_offset(64).min(16);
+        let tile = &mut buf[off..off + tr * kd];
+        let a = &dys[b0 * rows_per_img * n..];
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tr).min(rows);
+            let p = SGemm {
+                m: r1 - r0,
+                n: kd,
+                k: n,
+                alpha: 1.0,
+                a: &a[r0 * n..],
+                a_rs: n,
+                a_cs: 1,
+                b,
+                beta: 0.0,
+                ldc: kd,
+            };
+            let t = &mut tile[..(r1 - r0) * kd];
+            let t0 = on.then(Instant::now);
+            qmul_kernels::sgemm_single(&p, t)?;
+            let t1 = on.then(Instant::now);
+            col2im_rows_add(&sub, r0, r1, t, kd, part);
+            if let (Some(t0), Some(t1)) = (t0, t1) {
+                spent[0] += t1 - t0;
+                spent[1] += t1.elapsed();
+            }
+            r0 = r1;
+        }
+        Ok(spent)
+    });
+    let mut spent = [Duration::ZERO; 2];
+    for d in done {
+        let d = d?;
+        spent[0] += d[0];
+        spent[1] += d[1];
+    }
+    if on {
+        profile::split(
+            wall.elapsed(),
+            &[(Phase::FloatGemm, spent[0]), (Phase::Col2im, spent[1])],
+        );
+    }
+    Ok(dx)
 }
 
 /// `dy[i][j] * s[j]`.
@@ -258,6 +314,67 @@ pub fn to_f32(x: ConvInput, len: usize) -> Vec<f32> {
             }
             v.truncate(len);
             v
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::im2col::col2im_add;
+
+    /// The tiled `dX` equals the whole-column-matrix computation it replaced
+    /// (one GEMM over every row, then col2im) bit for bit: each output row of
+    /// the GEMM reduces over the same `k` in the same order, and col2im adds
+    /// rows in the same order, so no result of the backward moved.
+    #[test]
+    fn tiled_dx_equals_the_column_matrix_path_exactly() {
+        let mut r = crate::rng::Rng::new(11);
+        for &(n, h, cin, cout, k, stride, pad) in &[
+            (3, 28, 16, 16, 3, 1, 1),
+            (5, 14, 32, 64, 3, 2, 1),
+            (7, 4, 128, 128, 3, 1, 1),
+            (4, 8, 16, 32, 1, 2, 0),
+            (2, 9, 3, 8, 3, 1, 1),
+        ] {
+            let g = ConvGeom {
+                n,
+                h,
+                w: h,
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+            };
+            let (m, kd) = (g.m(), g.kdim());
+            let rb = pack::row_bytes_4bit(kd);
+            let w: Vec<u8> = (0..cout * rb).map(|_| r.below(256) as u8).collect();
+            let dys: Vec<f32> = (0..m * cout).map(|_| r.uniform() as f32 - 0.5).collect();
+            let b = BMat::S4 { data: &w, rs: rb };
+            let mut cols = vec![0.0f32; m * kd];
+            let p = SGemm {
+                m,
+                n: kd,
+                k: cout,
+                alpha: 1.0,
+                a: &dys,
+                a_rs: cout,
+                a_cs: 1,
+                b,
+                beta: 0.0,
+                ldc: kd,
+            };
+            qmul_kernels::sgemm(&p, &mut cols).unwrap();
+            let mut want = vec![0.0f32; n * h * h * cin];
+            col2im_add(&g, &cols, kd, &mut want);
+            let got = dx_tiled(&g, &dys, b).unwrap();
+            assert!(
+                want.iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{g:?}"
+            );
         }
     }
 }

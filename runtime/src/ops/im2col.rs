@@ -42,25 +42,38 @@ impl ConvGeom {
     /// Runs along `kx` are contiguous in both the column row and the input, so
     /// callers copy whole runs at once.
     #[inline(always)]
-    fn for_each_run(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
+    fn for_each_run(&self, f: impl FnMut(usize, usize, usize, usize)) {
+        self.for_each_run_in(0, self.m(), f)
+    }
+
+    /// [`ConvGeom::for_each_run`] restricted to the column rows `r0..r1`.
+    #[inline(always)]
+    fn for_each_run_in(&self, r0: usize, r1: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let (oh, ow) = (self.oh(), self.ow());
+        if oh == 0 || ow == 0 {
+            return;
+        }
         let (k, pad) = (self.k as isize, self.pad as isize);
-        let mut row = 0;
-        for b in 0..self.n {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let x0 = (ox * self.stride) as isize - pad;
-                    let kx0 = (-x0).max(0);
-                    let kx1 = (self.w as isize - x0).min(k);
-                    for ky in 0..k {
-                        let iy = (oy * self.stride) as isize + ky - pad;
-                        if iy < 0 || iy >= self.h as isize || kx1 <= kx0 {
-                            continue;
-                        }
-                        let src = (b * self.h + iy as usize) * self.w + (x0 + kx0) as usize;
-                        f(row, (ky * k + kx0) as usize, src, (kx1 - kx0) as usize);
-                    }
-                    row += 1;
+        let (mut b, mut oy, mut ox) = (r0 / (oh * ow), r0 / ow % oh, r0 % ow);
+        for row in r0..r1 {
+            let x0 = (ox * self.stride) as isize - pad;
+            let kx0 = (-x0).max(0);
+            let kx1 = (self.w as isize - x0).min(k);
+            for ky in 0..k {
+                let iy = (oy * self.stride) as isize + ky - pad;
+                if iy < 0 || iy >= self.h as isize || kx1 <= kx0 {
+                    continue;
+                }
+                let src = (b * self.h + iy as usize) * self.w + (x0 + kx0) as usize;
+                f(row, (ky * k + kx0) as usize, src, (kx1 - kx0) as usize);
+            }
+            ox += 1;
+            if ox == ow {
+                ox = 0;
+                oy += 1;
+                if oy == oh {
+                    oy = 0;
+                    b += 1;
                 }
             }
         }
@@ -162,17 +175,31 @@ pub fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, dx: &mut [f32]) {
             n: part.len() / img,
             ..*g
         };
-        let cols = &cols[b0 * rows_per_img * ld..];
-        let c = sub.cin;
-        sub.for_each_run(|row, tap, px, cnt| {
-            let s = row * ld + tap * c;
-            for (d, &v) in part[px * c..(px + cnt) * c]
-                .iter_mut()
-                .zip(&cols[s..s + cnt * c])
-            {
-                *d += v;
-            }
-        });
+        col2im_rows_add(&sub, 0, sub.m(), &cols[b0 * rows_per_img * ld..], ld, part);
+    });
+}
+
+/// col2im of the column rows `r0..r1` only (`cols` holds those rows, `ld`
+/// floats apart), added into `dx`, the whole input of `g`'s images. Lets the
+/// backward turn a tile of the column gradient into input gradients while the
+/// tile is still in cache, so the full column matrix never exists.
+pub fn col2im_rows_add(
+    g: &ConvGeom,
+    r0: usize,
+    r1: usize,
+    cols: &[f32],
+    ld: usize,
+    dx: &mut [f32],
+) {
+    let c = g.cin;
+    g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
+        let s = (row - r0) * ld + tap * c;
+        for (d, &v) in dx[px * c..(px + cnt) * c]
+            .iter_mut()
+            .zip(&cols[s..s + cnt * c])
+        {
+            *d += v;
+        }
     });
 }
 

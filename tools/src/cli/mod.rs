@@ -1,5 +1,6 @@
 //! Argument types and bodies of the `qmul` subcommands, one module each.
 
+mod bench;
 mod demo;
 mod eval;
 mod experiment;
@@ -14,6 +15,7 @@ mod train;
 pub mod unlearn;
 mod upgrade;
 
+pub use bench::{bench, BenchArgs};
 pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
 pub use experiment::{experiment, ExperimentArgs};
