@@ -15,14 +15,20 @@ pub struct BatchStats {
     pub var: Vec<f32>,
 }
 
-/// Per-channel sums of `f(row)` contributions over row ranges, one per thread.
-fn channel_sums(rows: usize, c: usize, f: impl Fn(usize, usize, &mut [f64]) + Sync) -> Vec<f64> {
+/// Per-channel sums of `f(row)` contributions over row ranges of `c`-channel
+/// rows, one range per thread, into `len` accumulators.
+fn channel_sums(
+    rows: usize,
+    c: usize,
+    len: usize,
+    f: impl Fn(usize, usize, &mut [f64]) + Sync,
+) -> Vec<f64> {
     let parts = crate::par::map(crate::par::ranges(rows, c), |(r0, r1)| {
-        let mut acc = vec![0.0f64; c];
+        let mut acc = vec![0.0f64; len];
         f(r0, r1, &mut acc);
         acc
     });
-    let mut total = vec![0.0f64; c];
+    let mut total = vec![0.0f64; len];
     for p in parts {
         total.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
     }
@@ -32,7 +38,7 @@ fn channel_sums(rows: usize, c: usize, f: impl Fn(usize, usize, &mut [f64]) + Sy
 /// Per-channel mean and biased variance of `x` (`rows x c`).
 fn moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
-    let s = channel_sums(rows, c, |r0, r1, acc| {
+    let s = channel_sums(rows, c, c, |r0, r1, acc| {
         for r in x[r0 * c..r1 * c].chunks(c) {
             for (a, &v) in acc.iter_mut().zip(r) {
                 *a += v as f64;
@@ -40,7 +46,7 @@ fn moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
         }
     });
     let mean: Vec<f64> = s.iter().map(|v| v / rows as f64).collect();
-    let q = channel_sums(rows, c, |r0, r1, acc| {
+    let q = channel_sums(rows, c, c, |r0, r1, acc| {
         for r in x[r0 * c..r1 * c].chunks(c) {
             for ((a, &v), m) in acc.iter_mut().zip(r).zip(&mean) {
                 let d = v as f64 - m;
@@ -126,23 +132,21 @@ pub fn backward(
     let c = gamma.len();
     let rows = (x.len() / c) as f64;
     let nrows = x.len() / c;
-    let sdy = channel_sums(nrows, c, |r0, r1, acc| {
-        for dr in dy[r0 * c..r1 * c].chunks(c) {
-            for (a, &d) in acc.iter_mut().zip(dr) {
-                *a += d as f64;
-            }
-        }
-    });
-    let sdyx = channel_sums(nrows, c, |r0, r1, acc| {
+    // Both sums in one pass over x and dy (each accumulator adds the same
+    // terms in the same order as two separate passes would).
+    let sums = channel_sums(nrows, c, 2 * c, |r0, r1, acc| {
+        let (ady, adyx) = acc.split_at_mut(c);
         for (xr, dr) in x[r0 * c..r1 * c]
             .chunks(c)
             .zip(dy[r0 * c..r1 * c].chunks(c))
         {
             for ch in 0..c {
-                acc[ch] += (dr[ch] * (xr[ch] - st.mean[ch]) * st.invstd[ch]) as f64;
+                ady[ch] += dr[ch] as f64;
+                adyx[ch] += (dr[ch] * (xr[ch] - st.mean[ch]) * st.invstd[ch]) as f64;
             }
         }
     });
+    let (sdy, sdyx) = sums.split_at(c);
     for ch in 0..c {
         dgamma[ch] += sdyx[ch] as f32;
         dbeta[ch] += sdy[ch] as f32;
