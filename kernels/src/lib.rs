@@ -21,6 +21,7 @@ pub mod ceiling;
 pub mod cpu;
 pub mod pack;
 pub mod par;
+pub mod pool;
 
 pub use cpu::{active, available, by_name, override_error, KernelSet};
 

@@ -4,8 +4,8 @@
 //! rows. The weight-gradient GEMMs have few rows (one per output channel) and a
 //! long reduction (every pixel of the batch): those split the reduction into
 //! private partial sums that are added at the end. Other few-row problems split
-//! the output columns. Threads come from `std::thread::scope`, one
-//! per block; the count is `QMUL_THREADS` or the available parallelism. Small
+//! the output columns. Each block is a task of the persistent worker pool
+//! ([`crate::pool`]); the thread count is `QMUL_THREADS` or the available parallelism. Small
 //! problems run on the calling thread, where spawning would cost more than it saves.
 
 use crate::cpu::{KernelSet, QGemmFn};
@@ -44,8 +44,8 @@ fn ranges(len: usize, parts: usize, align: usize) -> Vec<(usize, usize)> {
     v
 }
 
-/// Runs `f(i0, i1, rows)` on contiguous blocks of C's rows, one thread each;
-/// the first error any block returned, if one did.
+/// Runs `f(i0, i1, rows)` on contiguous blocks of C's rows, one task each on
+/// the worker pool; the first error any block returned, if one did.
 fn split_rows(
     m: usize,
     ldc: usize,
@@ -53,27 +53,20 @@ fn split_rows(
     t: usize,
     f: impl Fn(usize, usize, &mut [f32]) -> Result<(), ShapeError> + Sync,
 ) -> Result<(), ShapeError> {
-    let f = &f;
-    std::thread::scope(|s| {
-        let mut rest = c;
-        let mut hs = Vec::new();
-        for (i0, i1) in ranges(m, t, 1) {
-            let len = if i1 == m { rest.len() } else { (i1 - i0) * ldc };
-            let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
-            rest = tail;
-            hs.push(s.spawn(move || f(i0, i1, mine)));
-        }
-        hs.into_iter().try_for_each(join)
-    })
+    let mut rest = c;
+    let mut blocks = Vec::new();
+    for (i0, i1) in ranges(m, t, 1) {
+        let len = if i1 == m { rest.len() } else { (i1 - i0) * ldc };
+        let (mine, tail) = rest.split_at_mut(len.min(rest.len()));
+        rest = tail;
+        blocks.push((i0, i1, mine));
+    }
+    crate::pool::map(blocks, |(i0, i1, rows)| f(i0, i1, rows))
+        .into_iter()
+        .collect()
 }
 
-/// A kernel thread's result; a panic in it (a bug, never bad input) goes on
-/// unwinding in the caller, where the C ABI's boundary catches it.
-fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
-    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-}
-
-/// Runs `f(part, buf)` for each part on its own thread, `buf` being a private
+/// Runs `f(part, buf)` for each part as a pool task, `buf` being a private
 /// zeroed (or, with `init`, pre-filled) `rows x cols(part)` output, and returns
 /// the buffers in order. Used where the threads' outputs would interleave in C.
 fn private_outputs(
@@ -83,18 +76,17 @@ fn private_outputs(
     init: impl Fn((usize, usize), &mut [f32]),
     f: impl Fn((usize, usize), &mut [f32]) -> Result<(), ShapeError> + Sync,
 ) -> Result<Vec<Vec<f32>>, ShapeError> {
-    let f = &f;
-    std::thread::scope(|s| {
-        let hs: Vec<_> = parts
-            .iter()
-            .map(|&part| {
-                let mut buf = vec![0.0f32; rows * cols(part)];
-                init(part, &mut buf);
-                s.spawn(move || f(part, &mut buf).map(|()| buf))
-            })
-            .collect();
-        hs.into_iter().map(join).collect()
-    })
+    let items: Vec<_> = parts
+        .iter()
+        .map(|&part| {
+            let mut buf = vec![0.0f32; rows * cols(part)];
+            init(part, &mut buf);
+            (part, buf)
+        })
+        .collect();
+    crate::pool::map(items, |(part, mut buf)| f(part, &mut buf).map(|()| buf))
+        .into_iter()
+        .collect()
 }
 
 /// Copies C's columns `j0..j1` into a `m x (j1 - j0)` buffer.

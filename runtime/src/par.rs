@@ -43,29 +43,10 @@ pub fn split_mut<T>(data: &mut [T], unit: usize) -> Vec<(usize, &mut [T])> {
     out
 }
 
-/// Runs `f` on every item, one thread per item (the last on the calling thread),
-/// and returns the results in order.
+/// Runs `f` on every item as a task of the kernels' persistent worker pool
+/// (the calling thread takes part), and returns the results in order.
 pub fn map<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync) -> Vec<R> {
-    if items.len() <= 1 {
-        return items.into_iter().map(&f).collect();
-    }
-    let f = &f;
-    std::thread::scope(|s| {
-        let mut items = items;
-        let Some(last) = items.pop() else {
-            return Vec::new();
-        };
-        let hs: Vec<_> = items.into_iter().map(|it| s.spawn(move || f(it))).collect();
-        let r_last = f(last);
-        let mut out: Vec<R> = hs
-            .into_iter()
-            // A worker's panic (a bug) keeps unwinding in the caller, where the
-            // C ABI's boundary catches it.
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect();
-        out.push(r_last);
-        out
-    })
+    qmul_kernels::pool::map(items, f)
 }
 
 #[cfg(test)]

@@ -258,7 +258,7 @@ impl View<'_> {
                 // dY scaled per column, dX, and one column tile per thread
                 // (`conv::dx_tiled`: at most max(2^16, kdim) floats + alignment).
                 let tile = f32s(kd.max(1 << 16) + 16);
-                let dx_part = Cost::fixed(f32s(cout * kd) + t as u64 * tile)
+                let dx_part = Cost::fixed(f32s(cout * kd) + t * tile)
                     + Cost::per_image(pixels * f32s(cout) + f32s(x.len()));
                 dw_part.max(dx_part) + Cost::fixed(f32s(cout * kd))
             }
