@@ -293,7 +293,7 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
 /// f32 GEMM whose `B` operand may be stored as codes, multithreaded.
 pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     p.check(c.len())?;
-    par::sgemm(active(), p, c)
+    par::sgemm(active().sgemm, p, c)
 }
 
 /// [`sgemm`] on the calling thread only, for callers that already split their
@@ -301,4 +301,99 @@ pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
 pub fn sgemm_single(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     p.check(c.len())?;
     (active().sgemm)(p, c)
+}
+
+/// Precision of the gradient GEMMs of the straight-through backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradPrecision {
+    /// f32 operands and accumulation (the default).
+    F32,
+    /// `dY` rounded to bf16, codes exact, f32 accumulation: twice the
+    /// multiply-adds per instruction where the CPU has bf16 dot products
+    /// (AVX-512 BF16); elsewhere the backward stays f32.
+    Bf16,
+}
+
+impl GradPrecision {
+    pub fn parse(s: &str) -> Option<GradPrecision> {
+        match s {
+            "f32" => Some(GradPrecision::F32),
+            "bf16" => Some(GradPrecision::Bf16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GradPrecision::F32 => "f32",
+            GradPrecision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// 0: not chosen yet (read `QMUL_BACKWARD`), 1: f32, 2: bf16.
+static GRAD_PRECISION: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Chooses the gradient GEMMs' precision for the whole process (the CLI's
+/// `--backward`, the C ABI's session option); `QMUL_BACKWARD=f32|bf16` sets
+/// the initial choice.
+pub fn set_grad_precision(p: GradPrecision) {
+    let v = match p {
+        GradPrecision::F32 => 1,
+        GradPrecision::Bf16 => 2,
+    };
+    GRAD_PRECISION.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The precision asked for (before any fallback).
+pub fn requested_grad_precision() -> GradPrecision {
+    use std::sync::atomic::Ordering;
+    match GRAD_PRECISION.load(Ordering::Relaxed) {
+        1 => GradPrecision::F32,
+        2 => GradPrecision::Bf16,
+        _ => {
+            let p = std::env::var("QMUL_BACKWARD")
+                .ok()
+                .and_then(|s| GradPrecision::parse(s.trim()))
+                .unwrap_or(GradPrecision::F32);
+            set_grad_precision(p);
+            p
+        }
+    }
+}
+
+/// The precision the gradient GEMMs run in: bf16 only when asked for and the
+/// active kernel variant has a bf16 GEMM this CPU can run.
+pub fn grad_precision() -> GradPrecision {
+    match requested_grad_precision() {
+        GradPrecision::Bf16 if bf16_gemm().is_some() => GradPrecision::Bf16,
+        _ => GradPrecision::F32,
+    }
+}
+
+fn bf16_gemm() -> Option<cpu::SGemmFn> {
+    let k = active();
+    k.sgemm_bf16.filter(|_| (k.detect_bf16)())
+}
+
+/// A gradient GEMM of the backward (`dX`, `dW`): [`sgemm`] in the precision
+/// [`grad_precision`] says, multithreaded.
+pub fn sgemm_grad(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    match grad_precision() {
+        GradPrecision::Bf16 => match bf16_gemm() {
+            Some(f) => par::sgemm(f, p, c),
+            None => par::sgemm(active().sgemm, p, c),
+        },
+        GradPrecision::F32 => par::sgemm(active().sgemm, p, c),
+    }
+}
+
+/// [`sgemm_grad`] on the calling thread only.
+pub fn sgemm_grad_single(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    match (grad_precision(), bf16_gemm()) {
+        (GradPrecision::Bf16, Some(f)) => f(p, c),
+        _ => (active().sgemm)(p, c),
+    }
 }

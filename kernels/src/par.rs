@@ -8,7 +8,7 @@
 //! ([`crate::pool`]); the thread count is `QMUL_THREADS` or the available parallelism. Small
 //! problems run on the calling thread, where spawning would cost more than it saves.
 
-use crate::cpu::{KernelSet, QGemmFn};
+use crate::cpu::{QGemmFn, SGemmFn};
 use crate::{QGemm, SGemm, ShapeError};
 use std::sync::OnceLock;
 
@@ -153,8 +153,14 @@ pub(crate) fn qgemm(p: &QGemm, c: &mut [f32], f: QGemmFn) -> Result<(), ShapeErr
     }
 }
 
-pub(crate) fn sgemm(k: &KernelSet, p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
-    let f = k.sgemm;
+/// `f` (one variant's single-threaded f32 or bf16 GEMM) split across the
+/// pool like [`crate::sgemm`] (public so benches can time any variant).
+pub fn sgemm_with(f: SGemmFn, p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    sgemm(f, p, c)
+}
+
+pub(crate) fn sgemm(f: SGemmFn, p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     let t = threads();
     let macs = p.m * p.n * p.k;
     if t <= 1 || macs < MIN_PARALLEL_MACS || p.m == 0 || p.n == 0 {

@@ -573,6 +573,90 @@ fn sgemm_thread_split_matches_scalar() {
     }
 }
 
+/// The bf16 GEMM of every variant that has one (AVX-512 BF16) against the
+/// scalar bf16 reference (operands rounded to bf16, f32 accumulation): the
+/// same budget as `sgemm`, since only the summation order may differ. The
+/// reference itself stays within the bf16 rounding budget of the f32 result:
+/// `2^-8 * sum |terms|` (each operand off by at most 2^-9 relative).
+#[test]
+fn sgemm_bf16_every_variant_matches_its_reference() {
+    let vs: Vec<&KernelSet> = variants()
+        .into_iter()
+        .filter(|k| k.sgemm_bf16.is_some() && (k.detect_bf16)())
+        .collect();
+    println!(
+        "sgemm_bf16: testing variants {:?}",
+        vs.iter().map(|k| k.name).collect::<Vec<_>>()
+    );
+    let mut rng = Rng(0x5eed_0007);
+    let mut shapes = S_SHAPES.to_vec();
+    shapes.extend([(40, 1152, 64), (16, 160, 700), (9, 48, 33)]);
+    for &shape in &shapes {
+        for enc in ENCODINGS {
+            for a_transposed in [false, true] {
+                for beta in [0.0, -0.625] {
+                    let case = SCase::new(&mut rng, shape, enc, a_transposed, beta);
+                    let want = case.run(scalar::sgemm_bf16);
+                    let mags = case.magnitudes();
+                    let exact = case.run(scalar::sgemm);
+                    for i in 0..case.m {
+                        for j in 0..case.n {
+                            let idx = i * case.ldc + j;
+                            let d = (want[idx] as f64 - exact[idx] as f64).abs();
+                            assert!(
+                                d <= 2f64.powi(-8) * mags[idx] + 1e-6,
+                                "bf16 reference off by {d:e} at {}",
+                                case.describe()
+                            );
+                        }
+                    }
+                    for &ks in &vs {
+                        let f = ks.sgemm_bf16.expect("filtered");
+                        let got = case.run(f);
+                        if let Err(e) = case.compare(&got, &want, &mags) {
+                            panic!(
+                                "sgemm_bf16 variant {} differs from its reference at {}: {e}",
+                                ks.name,
+                                case.describe()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The public gradient GEMM in bf16 (threaded) against the reference, where
+/// the CPU has bf16; elsewhere it must equal the f32 GEMM (the fallback).
+#[test]
+fn grad_gemm_in_bf16_matches_the_reference_or_falls_back_to_f32() {
+    use qmul_kernels::GradPrecision;
+    qmul_kernels::set_grad_precision(GradPrecision::Bf16);
+    let bf16 = qmul_kernels::grad_precision() == GradPrecision::Bf16;
+    println!("grad gemm: bf16 on this CPU: {bf16}");
+    let mut rng = Rng(0x5eed_0008);
+    let t = par::threads();
+    for shape in [(8 * t + 5, 70, 600), (3, 200, 600), (5, 40, 4001)] {
+        for enc in ENCODINGS {
+            let case = SCase::new(&mut rng, shape, enc, false, 0.0);
+            let want = if bf16 {
+                case.run(scalar::sgemm_bf16)
+            } else {
+                case.run(scalar::sgemm)
+            };
+            let got = case.run(qmul_kernels::sgemm_grad);
+            let got1 = case.run(qmul_kernels::sgemm_grad_single);
+            for g in [got, got1] {
+                if let Err(e) = case.compare(&g, &want, &case.magnitudes()) {
+                    panic!("grad gemm differs at {}: {e}", case.describe());
+                }
+            }
+        }
+    }
+    qmul_kernels::set_grad_precision(GradPrecision::F32);
+}
+
 /// A call whose operands are shorter than its sizes say (or whose sizes
 /// overflow) is an error from every entry point, and `C` is left untouched.
 #[test]
@@ -653,10 +737,15 @@ fn short_operands_are_errors_in_every_variant() {
         let mut short = vec![7.0f32; 11];
         assert!(f(&good, &mut short).is_err(), "{name}: short C accepted");
     }
-    let mut sentries: Vec<(String, qmul_kernels::cpu::SGemmFn)> =
-        vec![("public sgemm".into(), qmul_kernels::sgemm)];
+    let mut sentries: Vec<(String, qmul_kernels::cpu::SGemmFn)> = vec![
+        ("public sgemm".into(), qmul_kernels::sgemm),
+        ("public sgemm_grad".into(), qmul_kernels::sgemm_grad),
+    ];
     for ks in variants() {
         sentries.push((format!("{} sgemm", ks.name), ks.sgemm));
+        if let Some(f) = ks.sgemm_bf16.filter(|_| (ks.detect_bf16)()) {
+            sentries.push((format!("{} sgemm_bf16", ks.name), f));
+        }
     }
     for (name, f) in &sentries {
         let mut c = vec![7.0f32; 12];

@@ -295,6 +295,9 @@ pub struct LayerSpeed {
     pub forward: f64,
     pub dx: f64,
     pub dw: f64,
+    /// The same two GEMMs with bf16 operands, where the CPU has them.
+    pub dx_bf16: Option<f64>,
+    pub dw_bf16: Option<f64>,
 }
 
 /// Repeats `f` for at least `min` (and 2 calls), returning seconds per call.
@@ -346,53 +349,65 @@ pub fn layer_speed(l: &Layer, min: Duration) -> Result<LayerSpeed, String> {
     let w4: Vec<u8> = (0..n * pack::row_bytes_4bit(kd))
         .map(|_| r.below(256) as u8)
         .collect();
-    // dX: the backward computes it in tiles of column rows per thread; the
-    // GEMM itself is measured here over the whole batch.
-    let mut cols = vec![0.0f32; m * kd];
-    let dx = time_per_call(min, || {
-        let p = SGemm {
-            m,
-            n: kd,
-            k: n,
-            alpha: 1.0,
-            a: &dy,
-            a_rs: n,
-            a_cs: 1,
-            b: BMat::S4 {
-                data: &w4,
-                rs: pack::row_bytes_4bit(kd),
-            },
-            beta: 0.0,
-            ldc: kd,
-        };
-        qmul_kernels::sgemm(&p, &mut cols).map_err(e)
-    })?;
-    drop(cols);
-    let mut dw = vec![0.0f32; n * kd];
+    let k = qmul_kernels::active();
+    let bf16 = k.sgemm_bf16.filter(|_| (k.detect_bf16)());
+    let w4b = BMat::S4 {
+        data: &w4,
+        rs: pack::row_bytes_4bit(kd),
+    };
     let bm = if l.int4 {
         BMat::U4 { data: &a, rs: rb }
     } else {
         BMat::U8 { data: &a, rs: rb }
     };
-    let dwt = time_per_call(min, || {
-        let p = SGemm {
-            m: n,
-            n: kd,
-            k: m,
-            alpha: 1.0,
-            a: &dy,
-            a_rs: 1,
-            a_cs: n,
-            b: bm,
-            beta: 0.0,
-            ldc: kd,
+    let dx_p = SGemm {
+        m,
+        n: kd,
+        k: n,
+        alpha: 1.0,
+        a: &dy,
+        a_rs: n,
+        a_cs: 1,
+        b: w4b,
+        beta: 0.0,
+        ldc: kd,
+    };
+    let dw_p = SGemm {
+        m: n,
+        n: kd,
+        k: m,
+        alpha: 1.0,
+        a: &dy,
+        a_rs: 1,
+        a_cs: n,
+        b: bm,
+        beta: 0.0,
+        ldc: kd,
+    };
+    // dX: the backward computes it in tiles of column rows per thread; the
+    // GEMM itself is measured here over the whole batch, threaded.
+    let mut cols = vec![0.0f32; m * kd];
+    let mut dw = vec![0.0f32; n * kd];
+    let mut run = |f: Option<qmul_kernels::cpu::SGemmFn>| -> Result<(f64, f64), String> {
+        let gemm = |p: &SGemm, c: &mut [f32]| match f {
+            Some(f) => qmul_kernels::par::sgemm_with(f, p, c).map_err(e),
+            None => qmul_kernels::sgemm(p, c).map_err(e),
         };
-        qmul_kernels::sgemm(&p, &mut dw).map_err(e)
-    })?;
+        let dx = time_per_call(min, || gemm(&dx_p, &mut cols))?;
+        let dwt = time_per_call(min, || gemm(&dw_p, &mut dw))?;
+        Ok((ops / dx, ops / dwt))
+    };
+    let (dx, dwt) = run(None)?;
+    let b16 = match bf16 {
+        Some(f) => Some(run(Some(f))?),
+        None => None,
+    };
     Ok(LayerSpeed {
         forward: ops / fwd,
-        dx: ops / dx,
-        dw: ops / dwt,
+        dx,
+        dw: dwt,
+        dx_bf16: b16.map(|b| b.0),
+        dw_bf16: b16.map(|b| b.1),
     })
 }
 

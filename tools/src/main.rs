@@ -11,6 +11,11 @@ use std::process::ExitCode;
     about = "Train, evaluate and inspect 4-bit models; make them forget"
 )]
 struct Cli {
+    /// Precision of the backward's gradient GEMMs: f32, or bf16 (dY rounded to
+    /// bf16, f32 sums; used where the CPU has bf16 dot products, f32 elsewhere).
+    /// Default: QMUL_BACKWARD, else f32.
+    #[arg(long, global = true, value_parser = ["f32", "bf16"])]
+    backward: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -57,6 +62,13 @@ fn keep_freed_memory() {
 fn main() -> ExitCode {
     keep_freed_memory();
     let args = Cli::parse();
+    if let Some(p) = args
+        .backward
+        .as_deref()
+        .and_then(qmul_kernels::GradPrecision::parse)
+    {
+        qmul_kernels::set_grad_precision(p);
+    }
     if let Some(e) = qmul_kernels::override_error() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

@@ -35,6 +35,11 @@ pub struct KernelSet {
     pub qgemm_u4s4: QGemmFn,
     pub qgemm_u8s8: QGemmFn,
     pub sgemm: SGemmFn,
+    /// The same contract with both operands rounded to bf16 and f32
+    /// accumulation (the optional lower-precision backward), where the variant
+    /// has one; usable when `detect_bf16()` is true.
+    pub sgemm_bf16: Option<SGemmFn>,
+    pub detect_bf16: fn() -> bool,
 }
 
 impl std::fmt::Debug for KernelSet {

@@ -1,7 +1,8 @@
 //! Convolution forward and straight-through backward as im2col GEMMs.
 //!
 //! Forward multiplies codes in the integer kernels; the backward computes
-//! `dX = dY * W_q^T` and `dW_q = X_q^T * dY` in f32 with the code operands widened
+//! `dX = dY * W_q^T` and `dW_q = X_q^T * dY` in f32 (or, with
+//! `qmul_kernels::GradPrecision::Bf16`, bf16 operands summed in f32) with the code operands widened
 //! inside the GEMM, so no f32 copy of a quantized tensor is ever stored. The
 //! backward rebuilds the column matrix from the saved input codes instead of
 //! keeping it from the forward pass.
@@ -187,7 +188,7 @@ pub fn backward(
             beta: 0.0,
             ldc: kd,
         };
-        time(Phase::FloatGemm, || qmul_kernels::sgemm(&p, &mut dw))?;
+        time(Phase::FloatGemm, || qmul_kernels::sgemm_grad(&p, &mut dw))?;
     }
     if !need_dx {
         return Ok((dw, None));
@@ -261,7 +262,7 @@ fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
             };
             let t = &mut tile[..(r1 - r0) * kd];
             let t0 = on.then(Instant::now);
-            qmul_kernels::sgemm_single(&p, t)?;
+            qmul_kernels::sgemm_grad_single(&p, t)?;
             let t1 = on.then(Instant::now);
             col2im_rows_add(&sub, r0, r1, t, kd, part);
             if let (Some(t0), Some(t1)) = (t0, t1) {

@@ -140,7 +140,7 @@ pub fn backward(
         beta: 0.0,
         ldc: cin,
     };
-    qmul_kernels::sgemm(&p, &mut dw)?;
+    qmul_kernels::sgemm_grad(&p, &mut dw)?;
     let mut dx = vec![0.0f32; n * cin];
     match w {
         LinearWeights::Int8 { rows, scale } => {
@@ -161,7 +161,7 @@ pub fn backward(
                 beta: 0.0,
                 ldc: cin,
             };
-            qmul_kernels::sgemm(&p, &mut dx)?;
+            qmul_kernels::sgemm_grad(&p, &mut dx)?;
         }
         LinearWeights::F32(wf) => {
             let p = SGemm {
@@ -176,7 +176,7 @@ pub fn backward(
                 beta: 0.0,
                 ldc: cin,
             };
-            qmul_kernels::sgemm(&p, &mut dx)?;
+            qmul_kernels::sgemm_grad(&p, &mut dx)?;
         }
     }
     Ok((dw, db, dx))

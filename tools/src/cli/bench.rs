@@ -8,6 +8,7 @@
 use crate::bench::{self, Net};
 use clap::Args;
 use qmul_kernels::ceiling::{self, Ceiling, Unit};
+use qmul_kernels::GradPrecision;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -139,13 +140,23 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     fn qmul(&self, phase: &str, net: Net) -> Result<Figures, String> {
+        self.qmul_with(phase, net, qmul_kernels::requested_grad_precision())
+    }
+
+    fn qmul_with(
+        &self,
+        phase: &str,
+        net: Net,
+        grad: qmul_kernels::GradPrecision,
+    ) -> Result<Figures, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(exe);
         cmd.args(["bench", "--child"])
             .arg(format!("{phase}:{}:{}", net.width, net.channels))
             .args(["--batch", &self.a.batch.to_string()])
             .args(["--steps", &self.a.steps.to_string()])
-            .env("QMUL_THREADS", self.threads.to_string());
+            .env("QMUL_THREADS", self.threads.to_string())
+            .env("QMUL_BACKWARD", grad.name());
         run_json(cmd, &format!("qmul {phase} ({})", net.label()))
     }
 
@@ -206,8 +217,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         bench::cpu_features().join(" ")
     );
     println!(
-        "threads: {threads}, kernels: {}, batch {}, median of {} steps",
+        "threads: {threads}, kernels: {}, backward GEMMs: {}, batch {}, median of {} steps",
         qmul_kernels::active().name,
+        qmul_kernels::grad_precision().name(),
         a.batch,
         a.steps
     );
@@ -237,8 +249,8 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                 net.label(),
                 a.batch
             );
-            println!("| layer (m x cout x kdim) | convs | int forward | dX (f32) | dW (f32) |");
-            println!("|---|---:|---:|---:|---:|");
+            println!("| layer (m x cout x kdim) | convs | int forward | dX (f32) | dW (f32) | dX (bf16) | dW (bf16) |");
+            println!("|---|---:|---:|---:|---:|---:|---:|");
             let pct = |v: f64, u: Unit| match ceil(u) {
                 Some(c) => format!("{:.0} ({:.0}%)", v / 1e9, 100.0 * v / c.ops_per_s),
                 None => format!("{:.0}", v / 1e9),
@@ -246,8 +258,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
             for l in bench::layers(net, a.batch)? {
                 let s = bench::layer_speed(&l, Duration::from_millis(150))?;
                 let g = l.geom;
+                let b16 = |v: Option<f64>| v.map_or("-".into(), |v| pct(v, Unit::Bf16Dot));
                 println!(
-                    "| {} x {} x {}{} | {} | {} | {} | {} |",
+                    "| {} x {} x {}{} | {} | {} | {} | {} | {} | {} |",
                     g.m(),
                     g.cout,
                     g.kdim(),
@@ -255,13 +268,22 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                     l.count,
                     pct(s.forward, Unit::Int8Dot),
                     pct(s.dx, Unit::F32Fma),
-                    pct(s.dw, Unit::F32Fma)
+                    pct(s.dw, Unit::F32Fma),
+                    b16(s.dx_bf16),
+                    b16(s.dw_bf16)
                 );
             }
         }
     }
 
     let r = Runner { a: &a, threads };
+    // The bf16 backward's row, where the CPU has it and f32 is the default.
+    let bf16 = {
+        let k = qmul_kernels::active();
+        k.sgemm_bf16.is_some()
+            && (k.detect_bf16)()
+            && qmul_kernels::requested_grad_precision() == GradPrecision::F32
+    };
     if has("network") {
         println!(
             "\n## Whole network, batch {}, {threads} threads (images/s, peak RSS)",
@@ -296,6 +318,17 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                     },
                     ratio(t.peak_rss_mb, q.peak_rss_mb)
                 );
+                if phase == "train" && bf16 {
+                    let b = r.qmul_with(phase, net, GradPrecision::Bf16)?;
+                    println!(
+                        "| {} | training step, bf16 backward | {:.0} | | {} | {:.0} MB | | {} |",
+                        net.label(),
+                        b.images_per_s,
+                        ratio(b.images_per_s, t.images_per_s),
+                        b.peak_rss_mb,
+                        ratio(t.peak_rss_mb, b.peak_rss_mb)
+                    );
+                }
                 if a.torch_compile {
                     if let Some(c) = r.torch(phase, net, true).transpose()? {
                         println!(

@@ -21,6 +21,8 @@ pub static DOTPROD: KernelSet = KernelSet {
     qgemm_u4s4: dotprod_qgemm::qgemm_u4s4,
     qgemm_u8s8: dotprod_qgemm::qgemm_u8s8,
     sgemm: neon_sgemm::sgemm,
+    sgemm_bf16: None,
+    detect_bf16: || false,
 };
 
 pub static NEON: KernelSet = KernelSet {
@@ -29,6 +31,8 @@ pub static NEON: KernelSet = KernelSet {
     qgemm_u4s4: neon_qgemm::qgemm_u4s4,
     qgemm_u8s8: neon_qgemm::qgemm_u8s8,
     sgemm: neon_sgemm::sgemm,
+    sgemm_bf16: None,
+    detect_bf16: || false,
 };
 
 /// aarch64 variants, best first.

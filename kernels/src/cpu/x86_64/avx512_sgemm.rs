@@ -158,10 +158,10 @@ unsafe fn tile<const V: usize>(
     }
 }
 
-/// [`MicroKernel::widen`] with 16 codes per step.
+/// [`MicroKernel::widen`] with 16 codes per step (also the bf16 GEMM's).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn widen(codes: Codes, src: &[u8], dst: &mut [f32]) {
+pub(super) unsafe fn widen(codes: Codes, src: &[u8], dst: &mut [f32]) {
     let n = dst.len();
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
     let mut j = 0;

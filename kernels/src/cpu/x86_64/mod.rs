@@ -5,6 +5,7 @@ use super::KernelSet;
 
 mod avx2_qgemm;
 mod avx2_sgemm;
+mod avx512_bf16_gemm;
 mod avx512_qgemm;
 mod avx512_sgemm;
 
@@ -26,6 +27,8 @@ pub static AVX512VNNI: KernelSet = KernelSet {
     qgemm_u4s4: avx512_qgemm::qgemm_u4s4,
     qgemm_u8s8: avx512_qgemm::qgemm_u8s8,
     sgemm: avx512_sgemm::sgemm,
+    sgemm_bf16: Some(avx512_bf16_gemm::sgemm_bf16),
+    detect_bf16: avx512_bf16_gemm::detect,
 };
 
 pub static AVX2: KernelSet = KernelSet {
@@ -34,6 +37,8 @@ pub static AVX2: KernelSet = KernelSet {
     qgemm_u4s4: avx2_qgemm::qgemm_u4s4,
     qgemm_u8s8: avx2_qgemm::qgemm_u8s8,
     sgemm: avx2_sgemm::sgemm,
+    sgemm_bf16: None,
+    detect_bf16: || false,
 };
 
 /// x86_64 variants, best first.
