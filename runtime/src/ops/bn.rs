@@ -136,13 +136,21 @@ pub fn backward(
     // terms in the same order as two separate passes would).
     let sums = channel_sums(nrows, c, 2 * c, |r0, r1, acc| {
         let (ady, adyx) = acc.split_at_mut(c);
+        let stats = || st.mean.iter().zip(&st.invstd);
         for (xr, dr) in x[r0 * c..r1 * c]
             .chunks(c)
             .zip(dy[r0 * c..r1 * c].chunks(c))
         {
-            for ch in 0..c {
-                ady[ch] += dr[ch] as f64;
-                adyx[ch] += (dr[ch] * (xr[ch] - st.mean[ch]) * st.invstd[ch]) as f64;
+            // Iterators, not indices: no bounds checks, so the loop vectorises.
+            for ((((a1, a2), &d), &xv), (&m, &is)) in ady
+                .iter_mut()
+                .zip(adyx.iter_mut())
+                .zip(dr)
+                .zip(xr)
+                .zip(stats())
+            {
+                *a1 += d as f64;
+                *a2 += (d * (xv - m) * is) as f64;
             }
         }
     });
@@ -155,13 +163,20 @@ pub fn backward(
     let mdy: Vec<f32> = sdy.iter().map(|s| (s / rows) as f32).collect();
     let mdyx: Vec<f32> = sdyx.iter().map(|s| (s / rows) as f32).collect();
     let mut dx = vec![0.0f32; x.len()];
+    // Per channel: (mean, invstd, k, mean dy, mean dy * xhat).
+    let per_ch: Vec<[f32; 5]> = (0..c)
+        .map(|ch| [st.mean[ch], st.invstd[ch], k[ch], mdy[ch], mdyx[ch]])
+        .collect();
     crate::par::map(crate::par::split_mut(&mut dx, c), |(r0, part)| {
-        for (i, o) in part.chunks_mut(c).enumerate() {
-            let r = r0 + i;
-            let (xr, dr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
-            for ch in 0..c {
-                let xhat = (xr[ch] - st.mean[ch]) * st.invstd[ch];
-                o[ch] = k[ch] * (dr[ch] - mdy[ch] - xhat * mdyx[ch]);
+        let rows = part.len() / c;
+        let xs = x[r0 * c..(r0 + rows) * c].chunks(c);
+        let ds = dy[r0 * c..(r0 + rows) * c].chunks(c);
+        for ((o, xr), dr) in part.chunks_mut(c).zip(xs).zip(ds) {
+            for (((o, &xv), &d), &[m, is, k, mdy, mdyx]) in
+                o.iter_mut().zip(xr).zip(dr).zip(&per_ch)
+            {
+                let xhat = (xv - m) * is;
+                *o = k * (d - mdy - xhat * mdyx);
             }
         }
     });
