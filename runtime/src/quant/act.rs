@@ -96,7 +96,9 @@ fn quantize_serial(inv: f32, x: &[f32], out: &mut [u8]) {
 
 /// Backward of ReLU + quantizer at inputs `x` with output gradient `dy`: writes
 /// `dx` and adds parameter gradients into `dq`. `features` is N in LSQ's
-/// gradient scale (elements per sample).
+/// gradient scale (elements per sample). Runs on every core: each thread
+/// takes a contiguous range and its own partial parameter sums (f64), which
+/// are added in range order.
 pub fn backward(
     scheme: QuantScheme,
     q: &[f32],
@@ -106,11 +108,45 @@ pub fn backward(
     dq: &mut [f32],
     features: usize,
 ) {
+    let n = x.len().min(dy.len()).min(dx.len());
+    let parts = crate::par::map(crate::par::split_mut(&mut dx[..n], 1), |(s, d)| {
+        let e = s + d.len();
+        backward_range(scheme, q, &x[s..e], &dy[s..e], d)
+    });
+    let mut sums = [0.0f64; 2];
+    for p in parts {
+        sums[0] += p[0];
+        sums[1] += p[1];
+    }
+    match scheme {
+        QuantScheme::None => {}
+        QuantScheme::Pact => dq[0] += sums[0] as f32,
+        QuantScheme::Lsq => {
+            let gscale = 1.0 / ((features as f64) * QMAX as f64).sqrt();
+            dq[0] += (sums[0] * gscale) as f32;
+        }
+        QuantScheme::Dsq => {
+            dq[0] += sums[0] as f32;
+            dq[1] += sums[1] as f32;
+        }
+    }
+}
+
+/// [`backward`] on one range: writes `dx`, returns the parameter-gradient
+/// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`).
+fn backward_range(
+    scheme: QuantScheme,
+    q: &[f32],
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+) -> [f64; 2] {
     match scheme {
         QuantScheme::None => {
             for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                 *d = if xv > 0.0 { g } else { 0.0 };
             }
+            [0.0; 2]
         }
         QuantScheme::Pact => {
             let a = q[0];
@@ -121,7 +157,7 @@ pub fn backward(
                     da += g as f64;
                 }
             }
-            dq[0] += da as f32;
+            [da, 0.0]
         }
         QuantScheme::Lsq => {
             let s = q[0];
@@ -139,8 +175,7 @@ pub fn backward(
                     ds += (g * (round(v) - v)) as f64;
                 }
             }
-            let gscale = 1.0 / ((features as f64) * QMAX as f64).sqrt();
-            dq[0] += (ds * gscale) as f32;
+            [ds, 0.0]
         }
         QuantScheme::Dsq => {
             let (u, alpha) = (q[0], q[1]);
@@ -160,8 +195,7 @@ pub fn backward(
                     dalpha += (g * sg.dalpha) as f64;
                 }
             }
-            dq[0] += du as f32;
-            dq[1] += dalpha as f32;
+            [du, dalpha]
         }
     }
 }
