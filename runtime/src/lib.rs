@@ -21,6 +21,7 @@ pub mod reference;
 pub mod rng;
 pub mod samples;
 pub mod session;
+pub mod simd;
 pub mod unlearn;
 
 pub use exec::{Pass, PassError, Targets, Value};

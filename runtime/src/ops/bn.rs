@@ -39,20 +39,11 @@ fn channel_sums(
 fn moments(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = x.len() / c;
     let s = channel_sums(rows, c, c, |r0, r1, acc| {
-        for r in x[r0 * c..r1 * c].chunks(c) {
-            for (a, &v) in acc.iter_mut().zip(r) {
-                *a += v as f64;
-            }
-        }
+        sum_rows(&x[r0 * c..r1 * c], c, acc)
     });
     let mean: Vec<f64> = s.iter().map(|v| v / rows as f64).collect();
     let q = channel_sums(rows, c, c, |r0, r1, acc| {
-        for r in x[r0 * c..r1 * c].chunks(c) {
-            for ((a, &v), m) in acc.iter_mut().zip(r).zip(&mean) {
-                let d = v as f64 - m;
-                *a += d * d;
-            }
-        }
+        square_deviation_rows(&x[r0 * c..r1 * c], c, &mean, acc)
     });
     let var = q.iter().map(|v| v / rows as f64).collect();
     (mean, var)
@@ -102,11 +93,7 @@ pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32
         .collect();
     let mut y = vec![0.0f32; x.len()];
     crate::par::map(crate::par::split_mut(&mut y, c), |(r0, part)| {
-        for (yr, xr) in part.chunks_mut(c).zip(x[r0 * c..].chunks(c)) {
-            for (((o, &v), a), b) in yr.iter_mut().zip(xr).zip(&a).zip(&b) {
-                *o = v * a + b;
-            }
-        }
+        affine_rows(&x[r0 * c..], c, &a, &b, part)
     });
     y
 }
@@ -135,24 +122,14 @@ pub fn backward(
     // Both sums in one pass over x and dy (each accumulator adds the same
     // terms in the same order as two separate passes would).
     let sums = channel_sums(nrows, c, 2 * c, |r0, r1, acc| {
-        let (ady, adyx) = acc.split_at_mut(c);
-        let stats = || st.mean.iter().zip(&st.invstd);
-        for (xr, dr) in x[r0 * c..r1 * c]
-            .chunks(c)
-            .zip(dy[r0 * c..r1 * c].chunks(c))
-        {
-            // Iterators, not indices: no bounds checks, so the loop vectorises.
-            for ((((a1, a2), &d), &xv), (&m, &is)) in ady
-                .iter_mut()
-                .zip(adyx.iter_mut())
-                .zip(dr)
-                .zip(xr)
-                .zip(stats())
-            {
-                *a1 += d as f64;
-                *a2 += (d * (xv - m) * is) as f64;
-            }
-        }
+        backward_sum_rows(
+            &x[r0 * c..r1 * c],
+            &dy[r0 * c..r1 * c],
+            c,
+            &st.mean,
+            &st.invstd,
+            acc,
+        )
     });
     let (sdy, sdyx) = sums.split_at(c);
     for ch in 0..c {
@@ -169,16 +146,13 @@ pub fn backward(
         .collect();
     crate::par::map(crate::par::split_mut(&mut dx, c), |(r0, part)| {
         let rows = part.len() / c;
-        let xs = x[r0 * c..(r0 + rows) * c].chunks(c);
-        let ds = dy[r0 * c..(r0 + rows) * c].chunks(c);
-        for ((o, xr), dr) in part.chunks_mut(c).zip(xs).zip(ds) {
-            for (((o, &xv), &d), &[m, is, k, mdy, mdyx]) in
-                o.iter_mut().zip(xr).zip(dr).zip(&per_ch)
-            {
-                let xhat = (xv - m) * is;
-                *o = k * (d - mdy - xhat * mdyx);
-            }
-        }
+        backward_dx_rows(
+            &x[r0 * c..(r0 + rows) * c],
+            &dy[r0 * c..(r0 + rows) * c],
+            c,
+            &per_ch,
+            part,
+        )
     });
     dx
 }
@@ -204,4 +178,76 @@ pub fn backward_frozen(
         }
     }
     dx
+}
+
+// The loops over rows, compiled for the widest vectors the CPU has
+// (`crate::simd`). Iterators, not indices: no bounds checks, so they
+// vectorise across channels; each accumulator adds its terms in row order.
+
+crate::simd::multiversion! {
+    fn sum_rows(x: &[f32], c: usize, acc: &mut [f64]) {
+        for r in x.chunks(c) {
+            for (a, &v) in acc.iter_mut().zip(r) {
+                *a += v as f64;
+            }
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    fn square_deviation_rows(x: &[f32], c: usize, mean: &[f64], acc: &mut [f64]) {
+        for r in x.chunks(c) {
+            for ((a, &v), m) in acc.iter_mut().zip(r).zip(mean) {
+                let d = v as f64 - m;
+                *a += d * d;
+            }
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    fn affine_rows(x: &[f32], c: usize, a: &[f32], b: &[f32], out: &mut [f32]) {
+        for (yr, xr) in out.chunks_mut(c).zip(x.chunks(c)) {
+            for (((o, &v), a), b) in yr.iter_mut().zip(xr).zip(a).zip(b) {
+                *o = v * a + b;
+            }
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// `acc[..c]` += dy, `acc[c..]` += dy * xhat, per channel.
+    fn backward_sum_rows(
+        x: &[f32],
+        dy: &[f32],
+        c: usize,
+        mean: &[f32],
+        invstd: &[f32],
+        acc: &mut [f64],
+    ) {
+        let (ady, adyx) = acc.split_at_mut(c);
+        for (xr, dr) in x.chunks(c).zip(dy.chunks(c)) {
+            for ((((a1, a2), &d), &xv), (&m, &is)) in ady
+                .iter_mut()
+                .zip(adyx.iter_mut())
+                .zip(dr)
+                .zip(xr)
+                .zip(mean.iter().zip(invstd))
+            {
+                *a1 += d as f64;
+                *a2 += (d * (xv - m) * is) as f64;
+            }
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    fn backward_dx_rows(x: &[f32], dy: &[f32], c: usize, per_ch: &[[f32; 5]], out: &mut [f32]) {
+        for ((o, xr), dr) in out.chunks_mut(c).zip(x.chunks(c)).zip(dy.chunks(c)) {
+            for (((o, &xv), &d), &[m, is, k, mdy, mdyx]) in o.iter_mut().zip(xr).zip(dr).zip(per_ch) {
+                let xhat = (xv - m) * is;
+                *o = k * (d - mdy - xhat * mdyx);
+            }
+        }
+    }
 }

@@ -303,18 +303,39 @@ pub fn scale_cols(dy: &[f32], s: &[f32]) -> Vec<f32> {
 pub fn to_f32(x: ConvInput, len: usize) -> Vec<f32> {
     match x {
         ConvInput::F32(v) => v[..len.min(v.len())].to_vec(),
-        ConvInput::Bytes { data, scale } => data[..len.min(data.len())]
-            .iter()
-            .map(|&b| b as f32 * scale)
-            .collect(),
-        ConvInput::Codes4 { packed, scale } => {
-            let mut v = Vec::with_capacity(packed.len() * 2);
-            for &b in packed {
-                v.push((b & 15) as f32 * scale);
-                v.push((b >> 4) as f32 * scale);
-            }
-            v.truncate(len);
+        ConvInput::Bytes { data, scale } => {
+            let data = &data[..len.min(data.len())];
+            let mut v = vec![0.0f32; data.len()];
+            bytes_to_f32(data, scale, &mut v);
             v
+        }
+        ConvInput::Codes4 { packed, scale } => {
+            let len = len.min(packed.len() * 2);
+            let mut v = vec![0.0f32; len];
+            codes_to_f32(&packed[..len.div_ceil(2)], scale, &mut v);
+            v
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    fn bytes_to_f32(data: &[u8], scale: f32, out: &mut [f32]) {
+        for (o, &b) in out.iter_mut().zip(data) {
+            *o = b as f32 * scale;
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// Unpacks nibbles (low first) times `scale` into `out` (`out.len()` codes).
+    fn codes_to_f32(packed: &[u8], scale: f32, out: &mut [f32]) {
+        let mut pairs = out.chunks_exact_mut(2);
+        for (o, &b) in (&mut pairs).zip(packed) {
+            o[0] = (b & 15) as f32 * scale;
+            o[1] = (b >> 4) as f32 * scale;
+        }
+        if let ([last], Some(&b)) = (pairs.into_remainder(), packed.last()) {
+            *last = (b & 15) as f32 * scale;
         }
     }
 }

@@ -117,22 +117,42 @@ pub fn im2col_u4(g: &ConvGeom, src: &[u8]) -> Vec<u8> {
     dst
 }
 
-fn im2col_u4_serial(g: &ConvGeom, src: &[u8], dst: &mut [u8]) {
-    let rb = pack::row_bytes_4bit(g.kdim());
-    let c = g.cin;
-    if c.is_multiple_of(2) {
-        let cb = c / 2;
-        g.for_each_run(|row, tap, px, cnt| {
-            let d = row * rb + tap * cb;
-            dst[d..d + cnt * cb].copy_from_slice(&src[px * cb..(px + cnt) * cb]);
-        });
-    } else {
-        g.for_each_run(|row, tap, px, cnt| {
-            let drow = &mut dst[row * rb..(row + 1) * rb];
-            for e in 0..cnt * c {
-                pack::set_nibble(drow, tap * c + e, pack::get_u4(src, px * c + e));
-            }
-        });
+crate::simd::multiversion! {
+    fn im2col_u4_serial(g: &ConvGeom, src: &[u8], dst: &mut [u8]) {
+        let rb = pack::row_bytes_4bit(g.kdim());
+        let c = g.cin;
+        if c.is_multiple_of(2) {
+            let cb = c / 2;
+            g.for_each_run(|row, tap, px, cnt| {
+                let d = row * rb + tap * cb;
+                copy_run(&mut dst[d..d + cnt * cb], &src[px * cb..(px + cnt) * cb]);
+            });
+        } else {
+            g.for_each_run(|row, tap, px, cnt| {
+                let drow = &mut dst[row * rb..(row + 1) * rb];
+                for e in 0..cnt * c {
+                    pack::set_nibble(drow, tap * c + e, pack::get_u4(src, px * c + e));
+                }
+            });
+        }
+    }
+}
+
+/// Copies a short run (a few taps of a few channels: 8 to a few hundred
+/// bytes) eight bytes at a time, where `copy_from_slice` would call `memcpy`
+/// once per run.
+#[inline(always)]
+fn copy_run(dst: &mut [u8], src: &[u8]) {
+    let n = src.len().min(dst.len());
+    let mut d = dst[..n].chunks_exact_mut(8);
+    let mut s = src[..n].chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(s);
+        d.copy_from_slice(&w);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
@@ -179,28 +199,30 @@ pub fn col2im_add(g: &ConvGeom, cols: &[f32], ld: usize, dx: &mut [f32]) {
     });
 }
 
-/// col2im of the column rows `r0..r1` only (`cols` holds those rows, `ld`
-/// floats apart), added into `dx`, the whole input of `g`'s images. Lets the
-/// backward turn a tile of the column gradient into input gradients while the
-/// tile is still in cache, so the full column matrix never exists.
-pub fn col2im_rows_add(
-    g: &ConvGeom,
-    r0: usize,
-    r1: usize,
-    cols: &[f32],
-    ld: usize,
-    dx: &mut [f32],
-) {
-    let c = g.cin;
-    g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
-        let s = (row - r0) * ld + tap * c;
-        for (d, &v) in dx[px * c..(px + cnt) * c]
-            .iter_mut()
-            .zip(&cols[s..s + cnt * c])
-        {
-            *d += v;
-        }
-    });
+crate::simd::multiversion! {
+    /// col2im of the column rows `r0..r1` only (`cols` holds those rows, `ld`
+    /// floats apart), added into `dx`, the whole input of `g`'s images. Lets the
+    /// backward turn a tile of the column gradient into input gradients while the
+    /// tile is still in cache, so the full column matrix never exists.
+    pub fn col2im_rows_add(
+        g: &ConvGeom,
+        r0: usize,
+        r1: usize,
+        cols: &[f32],
+        ld: usize,
+        dx: &mut [f32],
+    ) {
+        let c = g.cin;
+        g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
+            let s = (row - r0) * ld + tap * c;
+            for (d, &v) in dx[px * c..(px + cnt) * c]
+                .iter_mut()
+                .zip(&cols[s..s + cnt * c])
+            {
+                *d += v;
+            }
+        });
+    }
 }
 
 #[cfg(test)]

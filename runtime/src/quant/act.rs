@@ -13,7 +13,7 @@
 //! * DSQ: `dx`, `du` (via `D = u/15`), `dalpha` from the tanh soft quantizer
 //!   inside the range; above the range `du = dy`.
 
-use super::{dsq, round, round_small};
+use super::{dsq, round};
 use crate::graph::QuantScheme;
 
 /// Largest unsigned 4-bit code.
@@ -67,9 +67,16 @@ pub fn scale(scheme: QuantScheme, q: &[f32]) -> f32 {
 
 /// Code of one input. All three hard quantizers round `x / scale` to the nearest
 /// level and clip to 0..=15 (PACT clips `x` to `[0, a]` first, which is the same).
+///
+/// Computed without a float-to-int conversion (which does not vectorise):
+/// adding 1.5 * 2^23 rounds to the nearest integer, half to even, exactly as
+/// [`round_small`] does, and leaves that integer in the low mantissa bits.
+/// `max`/`min` send NaN to 0, as the saturating cast of a NaN would.
 #[inline(always)]
 pub fn code(x: f32, inv_scale: f32) -> u8 {
-    round_small((x * inv_scale).clamp(0.0, QMAX)) as u8
+    const MAGIC: f32 = 12_582_912.0;
+    let v = (x * inv_scale).max(0.0).min(QMAX);
+    ((v + MAGIC).to_bits() & 0xff) as u8
 }
 
 /// Quantizes `x` (NHWC, any length) into tightly packed 4-bit codes: element `e`
@@ -84,13 +91,30 @@ pub fn quantize_packed(scheme: QuantScheme, q: &[f32], x: &[f32], out: &mut [u8]
     });
 }
 
-fn quantize_serial(inv: f32, x: &[f32], out: &mut [u8]) {
-    let mut pairs = x.chunks_exact(2);
-    for (o, p) in out.iter_mut().zip(&mut pairs) {
-        *o = code(p[0], inv) | (code(p[1], inv) << 4);
-    }
-    if let [last] = pairs.remainder() {
-        out[x.len() / 2] = code(*last, inv);
+crate::simd::multiversion! {
+    fn quantize_serial(inv: f32, x: &[f32], out: &mut [u8]) {
+        // Blocks of 32: the codes of a block in one loop and their packing in a
+        // second, so both vectorise (one loop over pairs does not).
+        const B: usize = 32;
+        let blocks = (x.len() / B).min(out.len() / (B / 2));
+        let (xb, xt) = x.split_at(blocks * B);
+        let (ob, ot) = out.split_at_mut(blocks * B / 2);
+        for (xc, oc) in xb.chunks_exact(B).zip(ob.chunks_exact_mut(B / 2)) {
+            let mut c = [0u8; B];
+            for (c, &v) in c.iter_mut().zip(xc) {
+                *c = code(v, inv);
+            }
+            for (o, p) in oc.iter_mut().zip(c.chunks_exact(2)) {
+                *o = p[0] | (p[1] << 4);
+            }
+        }
+        let mut pairs = xt.chunks_exact(2);
+        for (o, p) in ot.iter_mut().zip(&mut pairs) {
+            *o = code(p[0], inv) | (code(p[1], inv) << 4);
+        }
+        if let [last] = pairs.remainder() {
+            ot[xt.len() / 2] = code(*last, inv);
+        }
     }
 }
 
@@ -132,70 +156,72 @@ pub fn backward(
     }
 }
 
-/// [`backward`] on one range: writes `dx`, returns the parameter-gradient
-/// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`).
-fn backward_range(
-    scheme: QuantScheme,
-    q: &[f32],
-    x: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-) -> [f64; 2] {
-    match scheme {
-        QuantScheme::None => {
-            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                *d = if xv > 0.0 { g } else { 0.0 };
-            }
-            [0.0; 2]
-        }
-        QuantScheme::Pact => {
-            let a = q[0];
-            let mut da = 0.0f64;
-            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                *d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
-                if xv >= a {
-                    da += g as f64;
+crate::simd::multiversion! {
+    /// [`backward`] on one range: writes `dx`, returns the parameter-gradient
+    /// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`).
+    fn backward_range(
+        scheme: QuantScheme,
+        q: &[f32],
+        x: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> [f64; 2] {
+        match scheme {
+            QuantScheme::None => {
+                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *d = if xv > 0.0 { g } else { 0.0 };
                 }
+                [0.0; 2]
             }
-            [da, 0.0]
-        }
-        QuantScheme::Lsq => {
-            let s = q[0];
-            let inv = 1.0 / s;
-            let mut ds = 0.0f64;
-            for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                let v = xv * inv;
-                if v < 0.0 {
-                    *d = 0.0;
-                } else if v > QMAX {
-                    *d = 0.0;
-                    ds += (g * QMAX) as f64;
-                } else {
-                    *d = g;
-                    ds += (g * (round(v) - v)) as f64;
+            QuantScheme::Pact => {
+                let a = q[0];
+                let mut da = 0.0f64;
+                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    *d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
+                    if xv >= a {
+                        da += g as f64;
+                    }
                 }
+                [da, 0.0]
             }
-            [ds, 0.0]
-        }
-        QuantScheme::Dsq => {
-            let (u, alpha) = (q[0], q[1]);
-            let d = u / QMAX;
-            let sharp = dsq::Sharpness::new(alpha);
-            let (mut du, mut dalpha) = (0.0f64, 0.0f64);
-            for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                if xv < 0.0 {
-                    *dxv = 0.0;
-                } else if xv > u {
-                    *dxv = 0.0;
-                    du += g as f64;
-                } else {
-                    let sg = sharp.grad(xv, d, 0.0);
-                    *dxv = g * sg.dx;
-                    du += (g * sg.dd / QMAX) as f64;
-                    dalpha += (g * sg.dalpha) as f64;
+            QuantScheme::Lsq => {
+                let s = q[0];
+                let inv = 1.0 / s;
+                let mut ds = 0.0f64;
+                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    let v = xv * inv;
+                    if v < 0.0 {
+                        *d = 0.0;
+                    } else if v > QMAX {
+                        *d = 0.0;
+                        ds += (g * QMAX) as f64;
+                    } else {
+                        *d = g;
+                        ds += (g * (round(v) - v)) as f64;
+                    }
                 }
+                [ds, 0.0]
             }
-            [du, dalpha]
+            QuantScheme::Dsq => {
+                let (u, alpha) = (q[0], q[1]);
+                let d = u / QMAX;
+                let sharp = dsq::Sharpness::new(alpha);
+                let (mut du, mut dalpha) = (0.0f64, 0.0f64);
+                for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                    if xv < 0.0 {
+                        *dxv = 0.0;
+                    } else if xv > u {
+                        *dxv = 0.0;
+                        du += g as f64;
+                    } else {
+                        let sg = sharp.grad(xv, d, 0.0);
+                        *dxv = g * sg.dx;
+                        du += (g * sg.dd / QMAX) as f64;
+                        dalpha += (g * sg.dalpha) as f64;
+                    }
+                }
+                [du, dalpha]
+            }
         }
     }
 }
@@ -215,6 +241,51 @@ pub fn clamp_params(scheme: QuantScheme, q: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::round_small;
+
+    /// The conversion-free code equals the definition (round half to even of
+    /// the clamped value, then a saturating cast) for every input that matters:
+    /// a fine grid across and beyond the range, ties, signed zeros, NaN, inf.
+    #[test]
+    fn code_equals_rounding_the_clamped_value() {
+        let inv = 1.0 / 0.37;
+        let mut xs: Vec<f32> = (-2000..8000).map(|i| i as f32 * 0.00373).collect();
+        xs.extend((0..=16).map(|k| (k as f32 + 0.5) / inv));
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+        ]);
+        for x in xs {
+            let want = round_small((x * inv).clamp(0.0, QMAX)) as u8;
+            assert_eq!(code(x, inv), want, "x = {x}");
+        }
+    }
+
+    /// The blocked, threaded packer gives every element the code `code` gives
+    /// it, at every length (blocks, tails, odd lengths, the threaded split).
+    #[test]
+    fn packed_codes_equal_elementwise_codes_at_every_length() {
+        let mut r = crate::rng::Rng::new(9);
+        let q = [2.5f32];
+        let inv = 1.0 / scale(QuantScheme::Pact, &q);
+        for len in [0usize, 1, 2, 31, 32, 33, 63, 64, 65, 1000, 40_001] {
+            let x: Vec<f32> = (0..len).map(|_| r.uniform() as f32 * 4.0 - 1.0).collect();
+            let mut packed = vec![0u8; len.div_ceil(2)];
+            quantize_packed(QuantScheme::Pact, &q, &x, &mut packed);
+            for (e, &v) in x.iter().enumerate() {
+                assert_eq!(
+                    qmul_kernels::pack::get_u4(&packed, e),
+                    code(v, inv),
+                    "len {len} element {e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn pact_codes_and_grads() {
