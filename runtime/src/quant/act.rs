@@ -72,6 +72,8 @@ pub fn scale(scheme: QuantScheme, q: &[f32]) -> f32 {
 /// adding 1.5 * 2^23 rounds to the nearest integer, half to even, exactly as
 /// [`round_small`] does, and leaves that integer in the low mantissa bits.
 /// `max`/`min` send NaN to 0, as the saturating cast of a NaN would.
+// Not `clamp`: it keeps NaN, whose bits would give a garbage code here.
+#[allow(clippy::manual_clamp)]
 #[inline(always)]
 pub fn code(x: f32, inv_scale: f32) -> u8 {
     const MAGIC: f32 = 12_582_912.0;
