@@ -290,6 +290,18 @@ pub fn qgemm_u8s8(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     par::qgemm(p, c, active().qgemm_u8s8)
 }
 
+/// [`qgemm_u4s4`] on the calling thread only (for callers that split the work).
+pub fn qgemm_u4s4_single(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    (active().qgemm_u4s4)(p, c)
+}
+
+/// [`qgemm_u8s8`] on the calling thread only.
+pub fn qgemm_u8s8_single(p: &QGemm, c: &mut [f32]) -> Result<(), ShapeError> {
+    p.check(c.len())?;
+    (active().qgemm_u8s8)(p, c)
+}
+
 /// f32 GEMM whose `B` operand may be stored as codes, multithreaded.
 pub fn sgemm(p: &SGemm, c: &mut [f32]) -> Result<(), ShapeError> {
     p.check(c.len())?;

@@ -7,7 +7,9 @@
 //! backward rebuilds the column matrix from the saved input codes instead of
 //! keeping it from the forward pass.
 
-use super::im2col::{col2im_rows_add, im2col_f32, im2col_u4, im2col_u8, ConvGeom};
+use super::im2col::{
+    col2im_rows_add, im2col_f32, im2col_u4, im2col_u4_rows, im2col_u8, im2col_u8_rows, ConvGeom,
+};
 use crate::exec::PassError;
 use crate::profile::{self, time, Phase};
 use qmul_kernels::{pack, BMat, QGemm, SGemm};
@@ -72,34 +74,34 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
                 scale: ws,
             },
         ) => {
-            let cols = time(Phase::Im2col, || im2col_u4(g, packed));
-            let p = QGemm {
-                m,
-                n,
+            let int = Int {
                 row_bytes: pack::row_bytes_4bit(kd),
-                a: &cols,
                 b: wp,
                 alpha: scale,
                 col_scale: ws,
-                ldc: n,
-                accumulate: false,
+                gemm: qmul_kernels::qgemm_u4s4_single,
             };
-            time(Phase::IntGemm, || qmul_kernels::qgemm_u4s4(&p, &mut out))?;
+            forward_tiled(
+                g,
+                &int,
+                &|r0, r1, t| im2col_u4_rows(g, packed, r0, r1, t),
+                &mut out,
+            )?;
         }
         (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
-            let cols = time(Phase::Im2col, || im2col_u8(g, data));
-            let p = QGemm {
-                m,
-                n,
+            let int = Int {
                 row_bytes: pack::row_bytes_8bit(kd),
-                a: &cols,
                 b: rows,
                 alpha: scale,
                 col_scale: ws,
-                ldc: n,
-                accumulate: false,
+                gemm: qmul_kernels::qgemm_u8s8_single,
             };
-            time(Phase::IntGemm, || qmul_kernels::qgemm_u8s8(&p, &mut out))?;
+            forward_tiled(
+                g,
+                &int,
+                &|r0, r1, t| im2col_u8_rows(g, data, r0, r1, t),
+                &mut out,
+            )?;
         }
         (x, ConvWeights::F32(wf)) => {
             let xf = to_f32(x, g.n * g.h * g.w * g.cin);
@@ -128,6 +130,92 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
         }
     }
     Ok(out)
+}
+
+/// The weight side of an integer convolution: `B` rows, scales, and the
+/// single-threaded kernel for its encoding.
+struct Int<'a> {
+    row_bytes: usize,
+    b: &'a [u8],
+    alpha: f32,
+    col_scale: &'a [f32],
+    gemm: fn(&QGemm, &mut [f32]) -> Result<(), qmul_kernels::ShapeError>,
+}
+
+/// Bytes of one tile of column rows in [`forward_tiled`] (64 KiB: the tile
+/// stays in L2 between im2col writing it and the GEMM reading it).
+const FWD_TILE_BYTES: usize = 64 << 10;
+
+/// Rows of one forward tile: at least 256, so that packing the weights once
+/// per tile stays small beside the products.
+pub fn forward_tile_rows(row_bytes: usize) -> usize {
+    (FWD_TILE_BYTES / row_bytes.max(1))
+        .max(256)
+        .next_multiple_of(8)
+}
+
+/// An integer convolution one tile of column rows at a time: each thread
+/// owns a contiguous block of output rows and, per tile, builds those rows'
+/// columns (`fill`) into a buffer of its own and multiplies them, so the
+/// `m x kdim` column matrix is never stored (it was the largest buffer of
+/// the forward, and written to memory and read back for every conv). The
+/// products are exact integers scaled as before: results are unchanged.
+fn forward_tiled(
+    g: &ConvGeom,
+    w: &Int,
+    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
+    out: &mut [f32],
+) -> Result<(), PassError> {
+    let n = g.cout;
+    let rb = w.row_bytes;
+    let tile_rows = forward_tile_rows(rb);
+    let on = profile::enabled();
+    let wall = Instant::now();
+    let parts = crate::par::split_mut(out, n.max(1));
+    let done = crate::par::map(parts, |(row0, part)| -> Result<[Duration; 2], PassError> {
+        let mut spent = [Duration::ZERO; 2];
+        let rows = part.len() / n.max(1);
+        let tr = tile_rows.min(rows).max(1);
+        let mut cols = vec![0u8; tr * rb];
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tr).min(rows);
+            let t0 = on.then(Instant::now);
+            fill(row0 + r0, row0 + r1, &mut cols);
+            let t1 = on.then(Instant::now);
+            let p = QGemm {
+                m: r1 - r0,
+                n,
+                row_bytes: rb,
+                a: &cols,
+                b: w.b,
+                alpha: w.alpha,
+                col_scale: w.col_scale,
+                ldc: n,
+                accumulate: false,
+            };
+            (w.gemm)(&p, &mut part[r0 * n..r1 * n])?;
+            if let (Some(t0), Some(t1)) = (t0, t1) {
+                spent[0] += t1 - t0;
+                spent[1] += t1.elapsed();
+            }
+            r0 = r1;
+        }
+        Ok(spent)
+    });
+    let mut spent = [Duration::ZERO; 2];
+    for d in done {
+        let d = d?;
+        spent[0] += d[0];
+        spent[1] += d[1];
+    }
+    if on {
+        profile::split(
+            wall.elapsed(),
+            &[(Phase::Im2col, spent[0]), (Phase::IntGemm, spent[1])],
+        );
+    }
+    Ok(())
 }
 
 /// Gradients of a convolution: `dwq` (`cout x kdim`, w.r.t. the quantized weight

@@ -138,6 +138,45 @@ crate::simd::multiversion! {
     }
 }
 
+crate::simd::multiversion! {
+    /// [`im2col_u4`] of the column rows `r0..r1` only, into `dst` (those rows,
+    /// zeroed here first): the tile of a convolution computed tile by tile.
+    pub fn im2col_u4_rows(g: &ConvGeom, src: &[u8], r0: usize, r1: usize, dst: &mut [u8]) {
+        let rb = pack::row_bytes_4bit(g.kdim());
+        let dst = &mut dst[..(r1 - r0) * rb];
+        dst.fill(0);
+        let c = g.cin;
+        if c.is_multiple_of(2) {
+            let cb = c / 2;
+            g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
+                let d = (row - r0) * rb + tap * cb;
+                copy_run(&mut dst[d..d + cnt * cb], &src[px * cb..(px + cnt) * cb]);
+            });
+        } else {
+            g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
+                let drow = &mut dst[(row - r0) * rb..(row - r0 + 1) * rb];
+                for e in 0..cnt * c {
+                    pack::set_nibble(drow, tap * c + e, pack::get_u4(src, px * c + e));
+                }
+            });
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// [`im2col_u8`] of the column rows `r0..r1` only, into `dst` (zeroed here).
+    pub fn im2col_u8_rows(g: &ConvGeom, src: &[u8], r0: usize, r1: usize, dst: &mut [u8]) {
+        let rb = pack::row_bytes_8bit(g.kdim());
+        let dst = &mut dst[..(r1 - r0) * rb];
+        dst.fill(0);
+        let c = g.cin;
+        g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
+            let d = (row - r0) * rb + tap * c;
+            copy_run(&mut dst[d..d + cnt * c], &src[px * c..(px + cnt) * c]);
+        });
+    }
+}
+
 /// Copies a short run (a few taps of a few channels: 8 to a few hundred
 /// bytes) eight bytes at a time, where `copy_from_slice` would call `memcpy`
 /// once per run.
@@ -268,6 +307,19 @@ mod tests {
             let packed = pack::pack_u4(&codes, 1, len).unwrap();
             let u4 = im2col_u4(&g, &packed);
             let u8c = im2col_u8(&g, &codes);
+            // Any row range of the tiled variants equals those rows of the whole.
+            let (rb4, rb8) = (
+                pack::row_bytes_4bit(g.kdim()),
+                pack::row_bytes_8bit(g.kdim()),
+            );
+            for (r0, r1) in [(0, g.m()), (3, 17.min(g.m())), (g.m() / 2, g.m())] {
+                let mut t4 = vec![0xffu8; (r1 - r0) * rb4];
+                im2col_u4_rows(&g, &packed, r0, r1, &mut t4);
+                assert_eq!(t4, u4[r0 * rb4..r1 * rb4]);
+                let mut t8 = vec![0xffu8; (r1 - r0) * rb8];
+                im2col_u8_rows(&g, &codes, r0, r1, &mut t8);
+                assert_eq!(t8, u8c[r0 * rb8..r1 * rb8]);
+            }
             let f = im2col_f32(&g, &xf);
             let (rb4, rb8, kd) = (
                 pack::row_bytes_4bit(g.kdim()),

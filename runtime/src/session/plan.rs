@@ -177,10 +177,17 @@ impl View<'_> {
                 let (x, y, kd, cout) = self.conv_dims(i);
                 let pixels = (y.h * y.w) as u64;
                 let out = Cost::per_image(pixels * 4 * cout as u64) + self.private_cols(cout);
+                // Integer convs build their columns one tile per thread
+                // (`conv::forward_tiled`), never the whole matrix.
+                let tile = |rb: usize| {
+                    Cost::fixed(
+                        self.threads * (crate::ops::conv::forward_tile_rows(rb) * rb) as u64,
+                    )
+                };
                 match self.rep(*input) {
-                    Rep::Codes => out + Cost::per_image(pixels * pack::row_bytes_4bit(kd) as u64),
+                    Rep::Codes => out + tile(pack::row_bytes_4bit(kd)),
                     Rep::Pixels if scheme != QuantScheme::None => {
-                        out + Cost::per_image(pixels * pack::row_bytes_8bit(kd) as u64)
+                        out + tile(pack::row_bytes_8bit(kd))
                     }
                     _ => {
                         out + Cost::per_image(f32s(x.len()) + pixels * f32s(kd))
