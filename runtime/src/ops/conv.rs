@@ -2,14 +2,14 @@
 //!
 //! Forward multiplies codes in the integer kernels; the backward computes
 //! `dX = dY * W_q^T` and `dW_q = X_q^T * dY` in f32 (or, with
-//! `qmul_kernels::GradPrecision::Bf16`, bf16 operands summed in f32) with the code operands widened
-//! inside the GEMM, so no f32 copy of a quantized tensor is ever stored. The
-//! backward rebuilds the column matrix from the saved input codes instead of
-//! keeping it from the forward pass.
+//! `qmul_kernels::GradPrecision::Bf16`, bf16 operands summed in f32) with the
+//! code operands widened inside the GEMM, so no f32 copy of a quantized tensor
+//! is ever stored. No column matrix is stored either: the forward, the
+//! backward's recompute and `dW` build the columns of one tile of rows at a
+//! time from the saved input codes, and `dX` scatters each tile of its column
+//! gradient at once, so every tile is produced and consumed in cache.
 
-use super::im2col::{
-    col2im_rows_add, im2col_f32, im2col_u4, im2col_u4_rows, im2col_u8, im2col_u8_rows, ConvGeom,
-};
+use super::im2col::{col2im_rows_add, im2col_f32, im2col_u4_rows, im2col_u8_rows, ConvGeom};
 use crate::exec::PassError;
 use crate::profile::{self, time, Phase};
 use qmul_kernels::{pack, BMat, QGemm, SGemm};
@@ -229,54 +229,52 @@ pub fn backward(
 ) -> Result<(Vec<f32>, Option<Vec<f32>>), PassError> {
     let (m, n, kd) = (g.m(), g.cout, g.kdim());
     let mut dw = vec![0.0f32; n * kd];
-    // dW = X^T * dY, with X the column matrix (codes widened inside the GEMM).
-    {
-        let (cols_u8, cols_f32);
-        let (b, alpha) = match x {
-            ConvInput::Codes4 { packed, scale } => {
-                cols_u8 = time(Phase::Im2col, || im2col_u4(g, packed));
-                (
-                    BMat::U4 {
-                        data: &cols_u8,
-                        rs: pack::row_bytes_4bit(kd),
-                    },
-                    scale,
-                )
-            }
-            ConvInput::Bytes { data, scale } => {
-                cols_u8 = time(Phase::Im2col, || im2col_u8(g, data));
-                (
-                    BMat::U8 {
-                        data: &cols_u8,
-                        rs: pack::row_bytes_8bit(kd),
-                    },
-                    scale,
-                )
-            }
-            ConvInput::F32(xf) => {
-                cols_f32 = time(Phase::Im2col, || im2col_f32(g, xf));
-                (
-                    BMat::F32 {
-                        data: &cols_f32,
-                        rs: kd,
-                    },
-                    1.0,
-                )
-            }
-        };
-        let p = SGemm {
-            m: n,
-            n: kd,
-            k: m,
-            alpha,
-            a: dy,
-            a_rs: 1,
-            a_cs: n,
-            b,
-            beta: 0.0,
-            ldc: kd,
-        };
-        time(Phase::FloatGemm, || qmul_kernels::sgemm_grad(&p, &mut dw))?;
+    // dW = X^T * dY, with X the column matrix (codes widened inside the GEMM):
+    // codes one tile of rows at a time (`dw_tiled`), f32 inputs whole.
+    match x {
+        ConvInput::Codes4 { packed, scale } => {
+            let rb = pack::row_bytes_4bit(kd);
+            dw_tiled(
+                g,
+                dy,
+                rb,
+                true,
+                scale,
+                &|r0, r1, t| im2col_u4_rows(g, packed, r0, r1, t),
+                &mut dw,
+            )?;
+        }
+        ConvInput::Bytes { data, scale } => {
+            let rb = pack::row_bytes_8bit(kd);
+            dw_tiled(
+                g,
+                dy,
+                rb,
+                false,
+                scale,
+                &|r0, r1, t| im2col_u8_rows(g, data, r0, r1, t),
+                &mut dw,
+            )?;
+        }
+        ConvInput::F32(xf) => {
+            let cols = time(Phase::Im2col, || im2col_f32(g, xf));
+            let p = SGemm {
+                m: n,
+                n: kd,
+                k: m,
+                alpha: 1.0,
+                a: dy,
+                a_rs: 1,
+                a_cs: n,
+                b: BMat::F32 {
+                    data: &cols,
+                    rs: kd,
+                },
+                beta: 0.0,
+                ldc: kd,
+            };
+            time(Phase::FloatGemm, || qmul_kernels::sgemm_grad(&p, &mut dw))?;
+        }
     }
     if !need_dx {
         return Ok((dw, None));
@@ -300,6 +298,108 @@ pub fn backward(
         ConvWeights::F32(wf) => (BMat::F32 { data: wf, rs: kd }, dy.to_vec()),
     };
     Ok((dw, Some(dx_tiled(g, &dys, b)?)))
+}
+
+/// Bytes of one tile of input columns in [`dw_tiled`] (at least 256 rows).
+const DW_TILE_BYTES: usize = 64 << 10;
+
+/// Column rows (pixels) of one `dW` tile: a multiple of 256.
+pub fn dw_tile_rows(row_bytes: usize) -> usize {
+    (DW_TILE_BYTES / row_bytes.max(1))
+        .max(256)
+        .next_multiple_of(256)
+}
+
+/// `dW = alpha * X^T dY` with the reduction over the batch's pixels split
+/// into tiles of column rows: the threads take contiguous runs of tiles,
+/// build each tile's columns (`fill`) into a buffer of their own, and add
+/// its product into a private `dW`; the private sums are then added in
+/// thread order. The input columns are never stored whole (they were the
+/// backward's largest buffer after the `dX` columns), and each is widened
+/// once, by the one thread that uses it.
+fn dw_tiled(
+    g: &ConvGeom,
+    dy: &[f32],
+    rb: usize,
+    int4: bool,
+    alpha: f32,
+    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
+    dw: &mut [f32],
+) -> Result<(), PassError> {
+    let (m, n, kd) = (g.m(), g.cout, g.kdim());
+    let tr = dw_tile_rows(rb);
+    let tiles = m.div_ceil(tr);
+    let t = qmul_kernels::par::threads().min(tiles).max(1);
+    let per = tiles.div_ceil(t);
+    let groups: Vec<(usize, usize)> = (0..tiles)
+        .step_by(per.max(1))
+        .map(|t0| (t0, (t0 + per).min(tiles)))
+        .collect();
+    let on = profile::enabled();
+    let wall = Instant::now();
+    let done = crate::par::map(
+        groups,
+        |(t0, t1)| -> Result<(Vec<f32>, [Duration; 2]), PassError> {
+            let mut spent = [Duration::ZERO; 2];
+            let mut acc = vec![0.0f32; n * kd];
+            let mut cols = vec![0u8; tr.min(m) * rb];
+            for ti in t0..t1 {
+                let (r0, r1) = (ti * tr, ((ti + 1) * tr).min(m));
+                let c0 = on.then(Instant::now);
+                fill(r0, r1, &mut cols);
+                let c1 = on.then(Instant::now);
+                let b = if int4 {
+                    BMat::U4 {
+                        data: &cols,
+                        rs: rb,
+                    }
+                } else {
+                    BMat::U8 {
+                        data: &cols,
+                        rs: rb,
+                    }
+                };
+                let p = SGemm {
+                    m: n,
+                    n: kd,
+                    k: r1 - r0,
+                    alpha,
+                    a: &dy[r0 * n..],
+                    a_rs: 1,
+                    a_cs: n,
+                    b,
+                    beta: if ti == t0 { 0.0 } else { 1.0 },
+                    ldc: kd,
+                };
+                qmul_kernels::sgemm_grad_single(&p, &mut acc)?;
+                if let (Some(c0), Some(c1)) = (c0, c1) {
+                    spent[0] += c1 - c0;
+                    spent[1] += c1.elapsed();
+                }
+            }
+            Ok((acc, spent))
+        },
+    );
+    let mut spent = [Duration::ZERO; 2];
+    let mut first = true;
+    for d in done {
+        let (acc, sp) = d?;
+        spent[0] += sp[0];
+        spent[1] += sp[1];
+        if first {
+            dw.copy_from_slice(&acc);
+            first = false;
+        } else {
+            dw.iter_mut().zip(&acc).for_each(|(a, b)| *a += b);
+        }
+    }
+    if on {
+        profile::split(
+            wall.elapsed(),
+            &[(Phase::Im2col, spent[0]), (Phase::FloatGemm, spent[1])],
+        );
+    }
+    Ok(())
 }
 
 /// Floats of one tile of the column gradient in [`dx_tiled`] (256 KiB: a tile

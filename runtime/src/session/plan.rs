@@ -253,12 +253,16 @@ impl View<'_> {
                 let (x, y, kd, cout) = self.conv_dims(i);
                 let pixels = (y.h * y.w) as u64;
                 let dw = Cost::fixed(f32s(cout * kd) * (1 + t));
+                // Codes: one tile of input columns per thread (`conv::dw_tiled`);
+                // f32 inputs: the whole column matrix.
+                let tile =
+                    |rb: usize| Cost::fixed(t * (crate::ops::conv::dw_tile_rows(rb) * rb) as u64);
                 let cols = match self.rep(*input) {
-                    Rep::Codes => pixels * pack::row_bytes_4bit(kd) as u64,
-                    Rep::Pixels => pixels * pack::row_bytes_8bit(kd) as u64,
-                    Rep::F32 => pixels * f32s(kd),
+                    Rep::Codes => tile(pack::row_bytes_4bit(kd)),
+                    Rep::Pixels => tile(pack::row_bytes_8bit(kd)),
+                    Rep::F32 => Cost::per_image(pixels * f32s(kd)),
                 };
-                let dw_part = dw + Cost::per_image(cols);
+                let dw_part = dw + cols;
                 if matches!(m.graph.nodes[*input], Op::Input { .. }) {
                     return dw_part;
                 }
