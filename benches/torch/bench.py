@@ -37,7 +37,7 @@ Phases (one per invocation, so that the peak RSS is the phase's own):
 Steps: `--warmup` untimed steps, then `--steps` timed ones; the median is
 `sorted(t)[n // 2]` like `bench::median`. For `unlearn` the warm-up is
 gradient-only passes on retain batches that leave the model unchanged.
-`peak_rss_mb` is `ru_maxrss` at the end of the phase (it includes the
+`peak_rss_mb` is the process's VmHWM (else `ru_maxrss`) at the end of the phase (it includes the
 interpreter, torch and the data); `rss_import_mb` is the same high-water mark
 right after importing torch (the fixed cost of the interpreter and the torch
 libraries), `rss_start_mb` just before the first timed step.
@@ -101,6 +101,16 @@ def emit(obj, code=0):
 
 
 def peak_rss_mb():
+    # VmHWM: this process's own high-water mark. ru_maxrss is not used where
+    # VmHWM exists: Linux carries the parent's peak into it across fork+exec,
+    # so a bench that spawns this script would see its own peak instead.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     # Linux reports ru_maxrss in KiB.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 

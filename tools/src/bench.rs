@@ -158,8 +158,20 @@ pub fn unlearn_epoch(net: Net, batch: usize) -> Result<f64, String> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Peak resident set of this process so far, in MB (0 where unknown).
+/// Peak resident set of this process so far, in MB (0 where unknown): Linux's
+/// VmHWM, this process's own high-water mark. `ru_maxrss` is only the
+/// fallback: Linux carries a parent's peak into it across fork and exec, so a
+/// child of the bench would report the bench's own peak.
 pub fn peak_rss_mb() -> f64 {
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+        if let Some(kb) = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        {
+            return kb / 1024.0;
+        }
+    }
     #[cfg(unix)]
     {
         // SAFETY: getrusage fills the struct it is given.
