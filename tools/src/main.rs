@@ -46,21 +46,10 @@ enum Cmd {
     Bench(cli::BenchArgs),
 }
 
-/// Keeps freed memory in the heap instead of returning it to the kernel. A
-/// training step allocates and frees the same large buffers (column matrices,
-/// gradients) every time; with glibc's defaults each comes back as fresh
-/// zero-filled pages, and the page faults cost a quarter of the step.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
+    // The runtime's allocator setting (sessions apply it too): training
+    // commands reuse a step's buffers instead of faulting them in again.
+    qmul_runtime::session::alloc::keep_freed_memory();
     let args = Cli::parse();
     if let Some(p) = args
         .backward

@@ -355,6 +355,7 @@ impl Session {
     /// A session on `model` that plans all its work within `budget` bytes
     /// (`u64::MAX`: unlimited). The model itself must fit.
     pub fn new(model: Arc<OpenModel>, budget: u64) -> Result<Session> {
+        alloc::keep_freed_memory();
         if budget == 0 {
             return Err(Error::invalid("a session needs a budget above 0 bytes"));
         }
