@@ -139,26 +139,67 @@ crate::simd::multiversion! {
 }
 
 crate::simd::multiversion! {
-    /// [`im2col_u4`] of the column rows `r0..r1` only, into `dst` (those rows,
-    /// zeroed here first): the tile of a convolution computed tile by tile.
+    /// [`im2col_u4`] of the column rows `r0..r1` only, into `dst` (those rows):
+    /// the tile of a convolution computed tile by tile. Rows whose receptive
+    /// field lies inside the image (most of them) are copied tap row by tap
+    /// row with only their padding bytes zeroed; border rows are zeroed and
+    /// then filled with their in-bounds runs.
     pub fn im2col_u4_rows(g: &ConvGeom, src: &[u8], r0: usize, r1: usize, dst: &mut [u8]) {
         let rb = pack::row_bytes_4bit(g.kdim());
         let dst = &mut dst[..(r1 - r0) * rb];
-        dst.fill(0);
         let c = g.cin;
-        if c.is_multiple_of(2) {
-            let cb = c / 2;
-            g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
-                let d = (row - r0) * rb + tap * cb;
-                copy_run(&mut dst[d..d + cnt * cb], &src[px * cb..(px + cnt) * cb]);
-            });
-        } else {
+        if !c.is_multiple_of(2) {
+            dst.fill(0);
             g.for_each_run_in(r0, r1, |row, tap, px, cnt| {
                 let drow = &mut dst[(row - r0) * rb..(row - r0 + 1) * rb];
                 for e in 0..cnt * c {
                     pack::set_nibble(drow, tap * c + e, pack::get_u4(src, px * c + e));
                 }
             });
+            return;
+        }
+        let (oh, ow) = (g.oh(), g.ow());
+        if oh == 0 || ow == 0 {
+            return;
+        }
+        let (cb, k) = (c / 2, g.k);
+        let (kb, used) = (k * cb, k * k * cb);
+        let (h, w) = (g.h as isize, g.w as isize);
+        let (mut b, mut oy, mut ox) = (r0 / (oh * ow), r0 / ow % oh, r0 % ow);
+        for d in dst.chunks_exact_mut(rb) {
+            let iy0 = (oy * g.stride) as isize - g.pad as isize;
+            let ix0 = (ox * g.stride) as isize - g.pad as isize;
+            let (ki, img0) = (k as isize, b * g.h);
+            if iy0 >= 0 && iy0 + ki <= h && ix0 >= 0 && ix0 + ki <= w {
+                for (ky, dk) in d[..used].chunks_exact_mut(kb).enumerate() {
+                    let s = ((img0 + iy0 as usize + ky) * g.w + ix0 as usize) * cb;
+                    copy_run(dk, &src[s..s + kb]);
+                }
+                zero_small(&mut d[used..]);
+            } else {
+                d.fill(0);
+                let kx0 = (-ix0).max(0);
+                let kx1 = (w - ix0).min(ki);
+                for ky in 0..ki {
+                    let iy = iy0 + ky;
+                    if iy < 0 || iy >= h || kx1 <= kx0 {
+                        continue;
+                    }
+                    let s = ((img0 + iy as usize) * g.w + (ix0 + kx0) as usize) * cb;
+                    let o = (ky * ki + kx0) as usize * cb;
+                    let n = (kx1 - kx0) as usize * cb;
+                    copy_run(&mut d[o..o + n], &src[s..s + n]);
+                }
+            }
+            ox += 1;
+            if ox == ow {
+                ox = 0;
+                oy += 1;
+                if oy == oh {
+                    oy = 0;
+                    b += 1;
+                }
+            }
         }
     }
 }
@@ -174,6 +215,19 @@ crate::simd::multiversion! {
             let d = (row - r0) * rb + tap * c;
             copy_run(&mut dst[d..d + cnt * c], &src[px * c..(px + cnt) * c]);
         });
+    }
+}
+
+/// Zeroes a few bytes (a row's padding) eight at a time, where `fill` would
+/// call `memset` once per row.
+#[inline(always)]
+fn zero_small(d: &mut [u8]) {
+    let mut c = d.chunks_exact_mut(8);
+    for x in &mut c {
+        x.copy_from_slice(&[0u8; 8]);
+    }
+    for x in c.into_remainder() {
+        *x = 0;
     }
 }
 
