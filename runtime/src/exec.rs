@@ -157,14 +157,22 @@ impl Model {
             }
         }
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
-        for i in 0..nodes.len() {
-            let v = ctx.compute(i, &vals, images, Mode::Eval)?;
-            vals[i] = Some(v);
+        let mut i = 0;
+        while i < nodes.len() {
+            // A BatchNorm feeding only an Act: both in one pass.
+            let fused = fuses_with_act(nodes, &last_use, i);
+            let (v, at) = if fused {
+                (ctx.compute_bn_act(i, &vals, Mode::Eval)?, i + 1)
+            } else {
+                (ctx.compute(i, &vals, images, Mode::Eval)?, i)
+            };
+            vals[at] = Some(v);
             for j in nodes[i].inputs() {
                 if last_use[j] == i {
                     vals[j] = None;
                 }
             }
+            i = at + 1;
         }
         match vals.pop().flatten() {
             Some(Value::F32(l)) => Ok(l),
@@ -245,12 +253,20 @@ impl Model {
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut saved: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut running = Vec::new();
-        for i in 0..nodes.len() {
-            let v = ctx.compute(i, &vals, images, Mode::Train)?;
+        let mut i = 0;
+        while i < nodes.len() {
+            // A BatchNorm feeding only an Act: both in one pass (the backward
+            // recomputes the BatchNorm output from the saved codes anyway).
+            let fused = fuses_with_act(nodes, &last_use, i);
+            let (v, at) = if fused {
+                (ctx.compute_bn_act(i, &vals, Mode::Train)?, i + 1)
+            } else {
+                (ctx.compute(i, &vals, images, Mode::Train)?, i)
+            };
             if let (Op::BatchNorm { .. }, Some(st)) = (&nodes[i], &ctx.stats[i]) {
                 running.push((i, st.clone()));
             }
-            vals[i] = Some(v);
+            vals[at] = Some(v);
             for j in nodes[i].inputs() {
                 if last_use[j] == i {
                     let v = vals[j].take();
@@ -259,6 +275,7 @@ impl Model {
                     }
                 }
             }
+            i = at + 1;
         }
         let logits = match vals.pop().flatten() {
             Some(Value::F32(l)) => l,
@@ -423,6 +440,65 @@ impl Ctx<'_> {
             .ok_or_else(|| broken("weights of a layer without weights"))
     }
 
+    /// The statistics BatchNorm node `i` normalises with in `mode`.
+    fn bn_stats(&self, i: usize, x: &[f32], mode: Mode) -> Result<BatchStats, PassError> {
+        let m = self.model;
+        let (gamma, _, mean, var) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
+        Ok(match mode {
+            Mode::Eval => bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data),
+            Mode::Train if self.frozen_bn => {
+                bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data)
+            }
+            Mode::Train => {
+                let c = m.params[gamma].data.len();
+                time(Phase::BatchNorm, || bn::batch_stats(x, c))
+            }
+            Mode::Recompute => self.stats[i]
+                .clone()
+                .ok_or_else(|| broken("batch statistics not saved by the forward"))?,
+        })
+    }
+
+    /// BatchNorm node `i` and the Act node `i + 1` that alone consumes it, in
+    /// one pass: the Act's value (codes, or ReLU outputs in a float model),
+    /// computed with the same operations as the two nodes one after the
+    /// other, without the BatchNorm output in between. Keeps the batch
+    /// statistics like [`Ctx::compute`] does.
+    fn compute_bn_act(
+        &mut self,
+        i: usize,
+        vals: &[Option<Value>],
+        mode: Mode,
+    ) -> Result<Value, PassError> {
+        let m = self.model;
+        let Op::BatchNorm { input, .. } = &m.graph.nodes[i] else {
+            return Err(broken("fused BatchNorm is not a BatchNorm"));
+        };
+        let xv = vals[*input]
+            .as_ref()
+            .ok_or_else(|| broken("input value not computed before its consumer"))?;
+        let x = self.f32_of(xv, self.n * m.shapes[*input].len());
+        let (gamma, beta, _, _) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
+        let q = m.slots[i + 1].act().ok_or_else(|| broken("act slots"))?;
+        let (g, b) = (&m.params[gamma].data, &m.params[beta].data);
+        let st = self.bn_stats(i, &x, mode)?;
+        let scheme = m.graph.scheme;
+        let v = if scheme == QuantScheme::None {
+            Value::F32(time(Phase::BatchNorm, || bn::apply_relu(&x, g, b, &st)))
+        } else {
+            let qp = &m.params[q].data;
+            let scale = act::scale(scheme, qp);
+            let packed = time(Phase::BatchNorm, || {
+                bn::apply_codes(&x, g, b, &st, 1.0 / scale)
+            });
+            Value::Codes { packed, scale }
+        };
+        if matches!(mode, Mode::Train) {
+            self.stats[i] = Some(st);
+        }
+        Ok(v)
+    }
+
     /// Computes node `i` from its inputs' values.
     fn compute(
         &mut self,
@@ -447,19 +523,10 @@ impl Ctx<'_> {
                 Value::F32(conv::forward(&g, val(*input)?.as_conv_input(), w)?)
             }
             Op::BatchNorm { input, .. } => {
-                let (gamma, beta, mean, var) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
+                let (gamma, beta, _, _) = m.slots[i].bn().ok_or_else(|| broken("bn slots"))?;
                 let x = self.f32_of(val(*input)?, len(*input));
                 let (g, b) = (&m.params[gamma].data, &m.params[beta].data);
-                let st = match mode {
-                    Mode::Eval => bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data),
-                    Mode::Train if self.frozen_bn => {
-                        bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data)
-                    }
-                    Mode::Train => time(Phase::BatchNorm, || bn::batch_stats(&x, g.len())),
-                    Mode::Recompute => self.stats[i]
-                        .clone()
-                        .ok_or_else(|| broken("batch statistics not saved by the forward"))?,
-                };
+                let st = self.bn_stats(i, &x, mode)?;
                 let y = time(Phase::BatchNorm, || bn::apply(&x, g, b, &st));
                 if matches!(mode, Mode::Train) {
                     self.stats[i] = Some(st);
@@ -687,4 +754,12 @@ fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Result<(&mut T, &mut T), PassE
         let (x, y) = v.split_at_mut(a);
         (&mut y[0], &mut x[b])
     })
+}
+
+/// Whether node `i` is a BatchNorm whose only consumer is the Act right after
+/// it (so the two can run as one pass and the BatchNorm output never exists).
+fn fuses_with_act(nodes: &[Op], last_use: &[usize], i: usize) -> bool {
+    matches!(nodes[i], Op::BatchNorm { .. })
+        && matches!(nodes.get(i + 1), Some(Op::Act { input, .. }) if *input == i)
+        && last_use[i] == i + 1
 }

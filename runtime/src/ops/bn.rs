@@ -84,6 +84,16 @@ pub fn update_running(
 /// `y = gamma * (x - mean) * invstd + beta`.
 pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32> {
     let c = gamma.len();
+    let (a, b) = affine(gamma, beta, st);
+    let mut y = vec![0.0f32; x.len()];
+    crate::par::map(crate::par::split_mut(&mut y, c), |(r0, part)| {
+        affine_rows(&x[r0 * c..], c, &a, &b, part)
+    });
+    y
+}
+
+/// The per-channel affine map of [`apply`] (`y = x * a + b`).
+fn affine(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) {
     let a: Vec<f32> = gamma.iter().zip(&st.invstd).map(|(g, i)| g * i).collect();
     let b: Vec<f32> = beta
         .iter()
@@ -91,11 +101,34 @@ pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32
         .zip(&a)
         .map(|((be, m), a)| be - m * a)
         .collect();
-    let mut y = vec![0.0f32; x.len()];
-    crate::par::map(crate::par::split_mut(&mut y, c), |(r0, part)| {
-        affine_rows(&x[r0 * c..], c, &a, &b, part)
-    });
+    (a, b)
+}
+
+/// `max(apply(x), 0)`: BatchNorm and the ReLU of a float model's Act node.
+pub fn apply_relu(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32> {
+    let mut y = apply(x, gamma, beta, st);
+    y.iter_mut().for_each(|v| *v = v.max(0.0));
     y
+}
+
+/// The 4-bit codes of `apply(x)` under an activation quantizer with inverse
+/// scale `inv` (tightly packed, low nibble first), without storing `apply(x)`:
+/// the same operations as [`apply`] then `act::quantize_packed`, so the same
+/// codes.
+pub fn apply_codes(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats, inv: f32) -> Vec<u8> {
+    let c = gamma.len();
+    if !c.is_multiple_of(2) {
+        let y = apply(x, gamma, beta, st);
+        let mut packed = vec![0u8; y.len().div_ceil(2)];
+        crate::quant::act::quantize_with_inverse(inv, &y, &mut packed);
+        return packed;
+    }
+    let (a, b) = affine(gamma, beta, st);
+    let mut packed = vec![0u8; x.len() / 2];
+    crate::par::map(crate::par::split_mut(&mut packed, c / 2), |(r0, part)| {
+        affine_codes_rows(&x[r0 * c..], c, &a, &b, inv, part)
+    });
+    packed
 }
 
 /// Eval-mode statistics from the running buffers.
@@ -247,6 +280,29 @@ crate::simd::multiversion! {
             for (((o, &xv), &d), &[m, is, k, mdy, mdyx]) in o.iter_mut().zip(xr).zip(dr).zip(per_ch) {
                 let xhat = (xv - m) * is;
                 *o = k * (d - mdy - xhat * mdyx);
+            }
+        }
+    }
+}
+
+crate::simd::multiversion! {
+    /// Codes of `x * a + b` for whole rows of `c` (even) channels, two per byte.
+    fn affine_codes_rows(x: &[f32], c: usize, a: &[f32], b: &[f32], inv: f32, out: &mut [u8]) {
+        for (o, xr) in out.chunks_mut(c / 2).zip(x.chunks(c)) {
+            let mut codes = [0u8; 64];
+            for (start, chunk) in (0..c).step_by(64).zip(xr.chunks(64)) {
+                let n = chunk.len();
+                for (((cd, &v), &a), &b) in codes[..n]
+                    .iter_mut()
+                    .zip(chunk)
+                    .zip(&a[start..])
+                    .zip(&b[start..])
+                {
+                    *cd = crate::quant::act::code(v * a + b, inv);
+                }
+                for (o, p) in o[start / 2..].iter_mut().zip(codes[..n].chunks_exact(2)) {
+                    *o = p[0] | (p[1] << 4);
+                }
             }
         }
     }

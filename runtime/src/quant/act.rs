@@ -84,7 +84,11 @@ pub fn code(x: f32, inv_scale: f32) -> u8 {
 /// Quantizes `x` (NHWC, any length) into tightly packed 4-bit codes: element `e`
 /// is nibble `e % 2` of byte `e / 2` (low nibble first).
 pub fn quantize_packed(scheme: QuantScheme, q: &[f32], x: &[f32], out: &mut [u8]) {
-    let inv = 1.0 / scale(scheme, q);
+    quantize_with_inverse(1.0 / scale(scheme, q), x, out)
+}
+
+/// [`quantize_packed`] with the inverse scale given.
+pub fn quantize_with_inverse(inv: f32, x: &[f32], out: &mut [u8]) {
     assert!(out.len() >= x.len().div_ceil(2));
     let n = x.len().div_ceil(2);
     crate::par::map(crate::par::split_mut(&mut out[..n], 1), |(b0, o)| {
