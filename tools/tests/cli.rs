@@ -777,3 +777,65 @@ fn experiments_start_from_file_codes_or_latent_weights() {
         .to_string_lossy()
         .ends_with(".latent")));
 }
+
+/// `qmul bench` on tiny workloads: every section prints its table, a child
+/// workload prints one JSON line with a positive speed and peak RSS, the
+/// PyTorch side's failure is an error naming it, and bad options are errors.
+#[test]
+fn bench_prints_every_section_and_checks_its_options() {
+    let o = succeed(qmul().args([
+        "bench",
+        "--nets",
+        "4x1",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--only",
+        "ceilings,layers,network,unlearn,profile",
+    ]));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for heading in [
+        "## Ceilings",
+        "## GEMMs of the convolutions",
+        "## Whole network",
+        "## One Q-MUL unlearning epoch",
+        "## One training step by phase",
+    ] {
+        assert!(out.contains(heading), "missing '{heading}' in:\n{out}");
+    }
+    assert!(out.contains("f32 FMA"), "{out}");
+    let o = succeed(qmul().args([
+        "bench",
+        "--child",
+        "train:4:3",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+    ]));
+    let line = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["phase"], "train");
+    assert!(v["images_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 0.0, "{line}");
+    fail_with(
+        qmul().args([
+            "bench",
+            "--only",
+            "network",
+            "--nets",
+            "4x1",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--torch",
+            "/nonexistent/python",
+        ]),
+        "PyTorch train",
+    );
+    fail_with(qmul().args(["bench", "--only", "speed"]), "unknown section");
+    fail_with(qmul().args(["bench", "--nets", "16x2"]), "channels 1 or 3");
+    fail_with(qmul().args(["bench", "--steps", "0"]), "must be positive");
+}
