@@ -163,6 +163,8 @@ impl Model {
             let fused = fuses_with_act(nodes, &last_use, i);
             let (v, at) = if fused {
                 (ctx.compute_bn_act(i, &vals, Mode::Eval)?, i + 1)
+            } else if let Some(x) = take_add_operand(nodes, &last_use, i, &mut vals) {
+                (ctx.add_into(i, x, &vals)?, i)
             } else {
                 (ctx.compute(i, &vals, images, Mode::Eval)?, i)
             };
@@ -260,6 +262,8 @@ impl Model {
             let fused = fuses_with_act(nodes, &last_use, i);
             let (v, at) = if fused {
                 (ctx.compute_bn_act(i, &vals, Mode::Train)?, i + 1)
+            } else if let Some(x) = take_add_operand(nodes, &last_use, i, &mut vals) {
+                (ctx.add_into(i, x, &vals)?, i)
             } else {
                 (ctx.compute(i, &vals, images, Mode::Train)?, i)
             };
@@ -497,6 +501,29 @@ impl Ctx<'_> {
             self.stats[i] = Some(st);
         }
         Ok(v)
+    }
+
+    /// Add node `i` with its first operand's value `x` already owned (taken
+    /// from the pass because the Add is its last use): `x + b` in place, the
+    /// same sums as [`Ctx::compute`] without copying `x` first.
+    fn add_into(
+        &self,
+        i: usize,
+        mut x: Vec<f32>,
+        vals: &[Option<Value>],
+    ) -> Result<Value, PassError> {
+        let m = self.model;
+        let Op::Add { b, .. } = &m.graph.nodes[i] else {
+            return Err(broken("add_into on a node that is not an Add"));
+        };
+        let yv = vals[*b]
+            .as_ref()
+            .ok_or_else(|| broken("input value not computed before its consumer"))?;
+        let y = self.f32_of(yv, self.n * m.shapes[*b].len());
+        time(Phase::Elementwise, || {
+            x.iter_mut().zip(y.iter()).for_each(|(p, q)| *p += q)
+        });
+        Ok(Value::F32(x))
     }
 
     /// Computes node `i` from its inputs' values.
@@ -762,4 +789,24 @@ fn fuses_with_act(nodes: &[Op], last_use: &[usize], i: usize) -> bool {
     matches!(nodes[i], Op::BatchNorm { .. })
         && matches!(nodes.get(i + 1), Some(Op::Act { input, .. }) if *input == i)
         && last_use[i] == i + 1
+}
+
+/// For an Add node `i` that is the last use of its first operand's f32 value,
+/// takes that value out of the pass so the sum can be made in place.
+fn take_add_operand(
+    nodes: &[Op],
+    last_use: &[usize],
+    i: usize,
+    vals: &mut [Option<Value>],
+) -> Option<Vec<f32>> {
+    let Op::Add { a, b } = nodes[i] else {
+        return None;
+    };
+    if a == b || last_use[a] != i || !matches!(vals[a], Some(Value::F32(_))) {
+        return None;
+    }
+    match vals[a].take() {
+        Some(Value::F32(x)) => Some(x),
+        _ => None,
+    }
 }
