@@ -1,20 +1,18 @@
 //! AVX-512 f32 GEMM (see [`sgemm_blocking`](super::super::sgemm_blocking) for
 //! the loop nest and packing).
 //!
-//! Two register tiles, chosen per call:
-//!
-//! * 8 rows x 48 columns (3 zmm per row) when the reduction is long (dW:
-//!   `k` = pixels). 24 accumulators + 3 B vectors of the 32 zmm registers; each
-//!   reduction step issues 3 vector loads + 8 broadcasts for 24 FMAs, so the FMA
-//!   units set the pace, and the wide B panel halves how often each packed A value
-//!   is reloaded compared with a 16-column tile. 8 x 48 also fits qmul's dW shapes
-//!   exactly: `m = Cout` in 16..=128, `n = 9 * Cin` in 144..=1152.
-//! * 8 rows x 16 columns when the whole reduction fits in one block (dX:
-//!   `k = Cout` <= 128 <= KC). There each C element gets only `2k` flops, so writing C
-//!   (every line read for ownership, then written back) dominates, and a tile that
-//!   writes one cache line per row measured 20% faster than the 48-column tile on
-//!   the 28x28 dX shape, whose C does not fit in cache, and 2-5% on the smaller
-//!   ones (Zen 4, C prefetched one tile ahead in both cases).
+//! The register tile is 8 rows x 48 columns (3 zmm per row): 24 accumulators
+//! + 3 B vectors of the 32 zmm registers; each reduction step issues 3 vector
+//! loads + 8 broadcasts for 24 FMAs, so the FMA units set the pace, and the
+//! wide B panel halves how often each packed A value is reloaded compared
+//! with a 16-column tile. 8 x 48 also fits qmul's dW shapes exactly: `m = Cout`
+//! in 16..=128, `n = 9 * Cin` in 144..=1152. (An 8 x 16 tile, writing one
+//! cache line per row, used to be chosen for dX, whose short reduction makes
+//! writing C the cost: 20% faster while C was the whole column matrix, out
+//! of cache. Since the backward computes dX in tiles that stay in L2, the
+//! 48-column tile is faster there too: 7% less CPU time for a whole width-16
+//! training step, measured with `qmul bench --child train:16:1`. Results are
+//! the same: each element's products are summed in the same order.)
 
 use super::super::sgemm_blocking::{gemm, widen_portable, Blocking, Codes, MicroKernel};
 use super::avx2_sgemm::nibbles16;
@@ -50,12 +48,8 @@ fn sgemm_with(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> 
 
 #[target_feature(enable = "avx512f")]
 unsafe fn sgemm_avx512(p: &SGemm, c: &mut [f32], bl: Blocking) -> Result<(), ShapeError> {
-    // SAFETY (both): this function only runs where AVX-512F is available.
-    if p.k <= bl.kc {
-        unsafe { gemm::<Zmm<1>>(p, c, bl) }
-    } else {
-        unsafe { gemm::<Zmm<3>>(p, c, bl) }
-    }
+    // SAFETY: this function only runs where AVX-512F is available.
+    unsafe { gemm::<Zmm<3>>(p, c, bl) }
 }
 
 /// The 8 x `16 * NV` tile.
