@@ -1,8 +1,8 @@
 //! AVX-512 f32 GEMM (see [`sgemm_blocking`](super::super::sgemm_blocking) for
 //! the loop nest and packing).
 //!
-//! The register tile is 8 rows x 48 columns (3 zmm per row): 24 accumulators
-//! + 3 B vectors of the 32 zmm registers; each reduction step issues 3 vector
+//! The register tile is 8 rows x 48 columns (3 zmm per row): 24 accumulators and
+//! 3 B vectors of the 32 zmm registers; each reduction step issues 3 vector
 //! loads + 8 broadcasts for 24 FMAs, so the FMA units set the pace, and the
 //! wide B panel halves how often each packed A value is reloaded compared
 //! with a 16-column tile. 8 x 48 also fits qmul's dW shapes exactly: `m = Cout`
