@@ -143,6 +143,11 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
     info.insert("data".into(), a.data.describe());
     info.insert("train_images".into(), tr.len().to_string());
     info.insert("exclude".into(), a.exclude.clone().unwrap_or_default());
+    // The precision the backward's gradient GEMMs actually ran in.
+    info.insert(
+        "backward".into(),
+        qmul_kernels::grad_precision().name().to_string(),
+    );
     info.insert(
         "command".into(),
         std::env::args().collect::<Vec<_>>().join(" "),
