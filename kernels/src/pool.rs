@@ -138,11 +138,16 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     let p = pool();
     let guard = if tasks > 1 && started() > 0 {
-        p.busy.try_lock().ok()
+        match p.busy.try_lock() {
+            Ok(g) => Some(g),
+            // A task's panic resumed past an earlier call: the pool is fine.
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     } else {
         None
     };
-    let Some(_guard) = guard else {
+    let Some(guard) = guard else {
         // Alone, or the pool is in use (a nested or concurrent call).
         (0..tasks).for_each(f);
         return;
@@ -178,6 +183,7 @@ pub fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         s.job = None;
     }
     let panic = job.panic.lock().ok().and_then(|mut p| p.take());
+    drop(guard);
     if let Some(p) = panic {
         resume_unwind(p);
     }
@@ -258,5 +264,22 @@ mod tests {
         assert!(r.is_err());
         let v = map(vec![1, 2, 3], |x: i32| x + 1);
         assert_eq!(v, vec![2, 3, 4]);
+        // The workers still take tasks: some task runs off the calling thread.
+        let me = std::thread::current().id();
+        let elsewhere = AtomicUsize::new(0);
+        for _ in 0..200 {
+            run(64, &|_| {
+                if std::thread::current().id() != me {
+                    elsewhere.fetch_add(1, Ordering::Relaxed);
+                }
+                std::hint::black_box((0..2000).sum::<u64>());
+            });
+        }
+        if started() > 0 {
+            assert!(
+                elsewhere.load(Ordering::Relaxed) > 0,
+                "no task reached a worker after the panic"
+            );
+        }
     }
 }
