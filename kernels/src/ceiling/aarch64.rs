@@ -1,6 +1,8 @@
-//! aarch64 ceiling loops: `sdot` (dotprod) and NEON `fmla`.
+//! aarch64 ceiling loops: `sdot` (dotprod; issued with inline assembly, as
+//! the dotprod kernel does, since `vdotq_s32` is not stable) and NEON `fmla`.
 
 use super::{Probe, Unit};
+use crate::cpu::aarch64::dotprod_qgemm::sdot as sdot_acc;
 use std::arch::aarch64::*;
 
 #[target_feature(enable = "neon,dotprod")]
@@ -10,7 +12,8 @@ unsafe fn sdot(iters: u64) -> f32 {
     let mut acc = [vdupq_n_s32(0); 12];
     for _ in 0..iters {
         for x in acc.iter_mut() {
-            *x = vdotq_s32(*x, a, b);
+            // SAFETY: this function runs with dotprod.
+            *x = unsafe { sdot_acc(*x, a, b) };
         }
     }
     acc.iter().map(|&x| vaddvq_s32(x) as f32).sum()

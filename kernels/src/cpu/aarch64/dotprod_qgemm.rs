@@ -243,7 +243,7 @@ fn reduce<const R: usize>(acc: [[int32x4_t; NR]; R]) -> [[i32; NR]; R] {
 /// dotprod.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) unsafe fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     unsafe {
         asm!(
             "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",

@@ -3,7 +3,7 @@
 
 use super::KernelSet;
 
-mod dotprod_qgemm;
+pub(crate) mod dotprod_qgemm;
 mod neon_qgemm;
 mod neon_sgemm;
 
