@@ -131,6 +131,13 @@ pub fn split(wall: Duration, parts: &[(Phase, Duration)]) {
     }
 }
 
+/// [`split`] for a tiled region whose threads each timed two alternating
+/// phases: adds up the threads' `[first, second]` times, then splits `wall`.
+pub fn split_threads(wall: Duration, phases: [Phase; 2], threads: &[[Duration; 2]]) {
+    let sum = |k: usize| threads.iter().map(|t| t[k]).sum::<Duration>();
+    split(wall, &[(phases[0], sum(0)), (phases[1], sum(1))]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

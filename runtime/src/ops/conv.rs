@@ -203,17 +203,9 @@ fn forward_tiled(
         }
         Ok(spent)
     });
-    let mut spent = [Duration::ZERO; 2];
-    for d in done {
-        let d = d?;
-        spent[0] += d[0];
-        spent[1] += d[1];
-    }
+    let spent = done.into_iter().collect::<Result<Vec<_>, PassError>>()?;
     if on {
-        profile::split(
-            wall.elapsed(),
-            &[(Phase::Im2col, spent[0]), (Phase::IntGemm, spent[1])],
-        );
+        profile::split_threads(wall.elapsed(), [Phase::Im2col, Phase::IntGemm], &spent);
     }
     Ok(())
 }
@@ -380,24 +372,18 @@ fn dw_tiled(
             Ok((acc, spent))
         },
     );
-    let mut spent = [Duration::ZERO; 2];
-    let mut first = true;
-    for d in done {
+    let mut spent = Vec::new();
+    for (k, d) in done.into_iter().enumerate() {
         let (acc, sp) = d?;
-        spent[0] += sp[0];
-        spent[1] += sp[1];
-        if first {
+        spent.push(sp);
+        if k == 0 {
             dw.copy_from_slice(&acc);
-            first = false;
         } else {
             dw.iter_mut().zip(&acc).for_each(|(a, b)| *a += b);
         }
     }
     if on {
-        profile::split(
-            wall.elapsed(),
-            &[(Phase::Im2col, spent[0]), (Phase::FloatGemm, spent[1])],
-        );
+        profile::split_threads(wall.elapsed(), [Phase::Im2col, Phase::FloatGemm], &spent);
     }
     Ok(())
 }
@@ -461,17 +447,9 @@ fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
         }
         Ok(spent)
     });
-    let mut spent = [Duration::ZERO; 2];
-    for d in done {
-        let d = d?;
-        spent[0] += d[0];
-        spent[1] += d[1];
-    }
+    let spent = done.into_iter().collect::<Result<Vec<_>, PassError>>()?;
     if on {
-        profile::split(
-            wall.elapsed(),
-            &[(Phase::FloatGemm, spent[0]), (Phase::Col2im, spent[1])],
-        );
+        profile::split_threads(wall.elapsed(), [Phase::FloatGemm, Phase::Col2im], &spent);
     }
     Ok(dx)
 }
