@@ -160,14 +160,7 @@ impl Model {
         let mut i = 0;
         while i < nodes.len() {
             // A BatchNorm feeding only an Act: both in one pass.
-            let fused = fuses_with_act(nodes, &last_use, i);
-            let (v, at) = if fused {
-                (ctx.compute_bn_act(i, &vals, Mode::Eval)?, i + 1)
-            } else if let Some(x) = take_add_operand(nodes, &last_use, i, &mut vals) {
-                (ctx.add_into(i, x, &vals)?, i)
-            } else {
-                (ctx.compute(i, &vals, images, Mode::Eval)?, i)
-            };
+            let (v, at) = ctx.forward_step(i, &last_use, &mut vals, images, Mode::Eval)?;
             vals[at] = Some(v);
             for j in nodes[i].inputs() {
                 if last_use[j] == i {
@@ -259,14 +252,7 @@ impl Model {
         while i < nodes.len() {
             // A BatchNorm feeding only an Act: both in one pass (the backward
             // recomputes the BatchNorm output from the saved codes anyway).
-            let fused = fuses_with_act(nodes, &last_use, i);
-            let (v, at) = if fused {
-                (ctx.compute_bn_act(i, &vals, Mode::Train)?, i + 1)
-            } else if let Some(x) = take_add_operand(nodes, &last_use, i, &mut vals) {
-                (ctx.add_into(i, x, &vals)?, i)
-            } else {
-                (ctx.compute(i, &vals, images, Mode::Train)?, i)
-            };
+            let (v, at) = ctx.forward_step(i, &last_use, &mut vals, images, Mode::Train)?;
             if let (Op::BatchNorm { .. }, Some(st)) = (&nodes[i], &ctx.stats[i]) {
                 running.push((i, st.clone()));
             }
@@ -501,6 +487,28 @@ impl Ctx<'_> {
             self.stats[i] = Some(st);
         }
         Ok(v)
+    }
+
+    /// One step of a forward pass at node `i`: a BatchNorm fused with the Act
+    /// that alone consumes it, a residual Add summing into its operand in
+    /// place, or the node alone. Returns the value and the node it belongs to
+    /// (`i + 1` when fused).
+    fn forward_step(
+        &mut self,
+        i: usize,
+        last_use: &[usize],
+        vals: &mut [Option<Value>],
+        images: &[u8],
+        mode: Mode,
+    ) -> Result<(Value, usize), PassError> {
+        let nodes = &self.model.graph.nodes;
+        if fuses_with_act(nodes, last_use, i) {
+            return Ok((self.compute_bn_act(i, vals, mode)?, i + 1));
+        }
+        if let Some(x) = take_add_operand(nodes, last_use, i, vals) {
+            return Ok((self.add_into(i, x, vals)?, i));
+        }
+        Ok((self.compute(i, vals, images, mode)?, i))
     }
 
     /// Add node `i` with its first operand's value `x` already owned (taken
