@@ -26,6 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUNS=${RUNS:-runs}
+# SUFFIX: appended to a step's run and published directory names, to rerun a
+# finished step (with another binary, say) beside its first result.
+SUFFIX=${SUFFIX:-}
 Q=${QMUL:-target/release/qmul}
 export QMUL_NO_PROGRESS=1
 [ -x "$Q" ] || cargo build --release
@@ -53,7 +56,7 @@ PY
 }
 
 run() { # name, published directory, experiment arguments
-  local name=$1 doc=docs/experiments/$2; shift 2
+  local name=$1$SUFFIX doc=docs/experiments/$2$SUFFIX; shift 2
   mkdir -p "$RUNS/$name" "$doc"
   echo "== $name ($(date -u +%H:%M))"
   "$Q" experiment "$@" --report "$RUNS/$name" 2>>"$RUNS/$name/log.txt" | tail -n 40

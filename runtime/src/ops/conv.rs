@@ -271,25 +271,26 @@ pub fn backward(
     if !need_dx {
         return Ok((dw, None));
     }
-    // dX_cols = (dY * diag(scale)) * W_codes, then scatter back with col2im.
-    let (b, dys) = match w {
+    // dX_cols = (dY * diag(scale)) * W_codes, then scatter back with col2im;
+    // the scaling is done per tile inside `dx_tiled` (no scaled copy of dY).
+    let (b, scale) = match w {
         ConvWeights::Int4 { packed, scale } => (
             BMat::S4 {
                 data: packed,
                 rs: pack::row_bytes_4bit(kd),
             },
-            time(Phase::Elementwise, || scale_cols(dy, scale)),
+            Some(scale),
         ),
         ConvWeights::Int8 { rows, scale } => (
             BMat::S8 {
                 data: bytemuck::cast_slice(rows),
                 rs: pack::row_bytes_8bit(kd),
             },
-            time(Phase::Elementwise, || scale_cols(dy, scale)),
+            Some(scale),
         ),
-        ConvWeights::F32(wf) => (BMat::F32 { data: wf, rs: kd }, dy.to_vec()),
+        ConvWeights::F32(wf) => (BMat::F32 { data: wf, rs: kd }, None),
     };
-    Ok((dw, Some(dx_tiled(g, &dys, b)?)))
+    Ok((dw, Some(dx_tiled(g, dy, scale, b)?)))
 }
 
 /// Bytes of one tile of input columns in [`dw_tiled`] (at least 256 rows).
@@ -321,7 +322,11 @@ fn dw_tiled(
     let (m, n, kd) = (g.m(), g.cout, g.kdim());
     let tr = dw_tile_rows(rb);
     let tiles = m.div_ceil(tr);
-    let t = qmul_kernels::par::threads().min(tiles).max(1);
+    let threads = qmul_kernels::par::threads();
+    if dw_splits_rows(n, kd) {
+        return dw_tiled_rows(g, dy, rb, int4, alpha, fill, dw);
+    }
+    let t = threads.min(tiles).max(1);
     let per = tiles.div_ceil(t);
     let groups: Vec<(usize, usize)> = (0..tiles)
         .step_by(per.max(1))
@@ -388,16 +393,110 @@ fn dw_tiled(
     Ok(())
 }
 
+/// Bytes of the per-thread private `dW` sums above which [`dw_tiled`] splits
+/// the output rows among the threads instead of the reduction: the late
+/// layers' gradients (`512 x 4608` floats at width 64, 9.4 MB) would
+/// otherwise be held once per thread, more than a layer's saved activations.
+const DW_PRIVATE_BYTES: usize = 1 << 20;
+
+/// Whether [`dw_tiled`] splits the `n x kd` gradient's rows among the threads
+/// (no private sums) rather than the reduction (one private sum per thread).
+pub fn dw_splits_rows(n: usize, kd: usize) -> bool {
+    let t = qmul_kernels::par::threads();
+    t > 1 && t * n * kd * 4 > DW_PRIVATE_BYTES && n >= 16 * t
+}
+
+/// [`dw_tiled`] for layers with many output channels: each thread owns a run
+/// of `dW` rows and goes over every tile of the reduction itself (building
+/// the tile's columns again: cheap beside the `rows x kdim` products it
+/// feeds), so no private copy of `dW` exists, and every gradient is summed
+/// over the tiles in order, whatever the thread count.
+fn dw_tiled_rows(
+    g: &ConvGeom,
+    dy: &[f32],
+    rb: usize,
+    int4: bool,
+    alpha: f32,
+    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
+    dw: &mut [f32],
+) -> Result<(), PassError> {
+    let (m, n, kd) = (g.m(), g.cout, g.kdim());
+    let tr = dw_tile_rows(rb);
+    let threads = qmul_kernels::par::threads();
+    let rows = n.div_ceil(threads).next_multiple_of(8);
+    let parts: Vec<(usize, &mut [f32])> = dw
+        .chunks_mut(rows * kd)
+        .enumerate()
+        .map(|(i, c)| (i * rows, c))
+        .collect();
+    let on = profile::enabled();
+    let wall = Instant::now();
+    let done = crate::par::map(parts, |(c0, part)| -> Result<[Duration; 2], PassError> {
+        let mut spent = [Duration::ZERO; 2];
+        let mut cols = vec![0u8; tr.min(m) * rb];
+        let mut r0 = 0;
+        while r0 < m {
+            let r1 = (r0 + tr).min(m);
+            let t0 = on.then(Instant::now);
+            fill(r0, r1, &mut cols);
+            let t1 = on.then(Instant::now);
+            let b = if int4 {
+                BMat::U4 {
+                    data: &cols,
+                    rs: rb,
+                }
+            } else {
+                BMat::U8 {
+                    data: &cols,
+                    rs: rb,
+                }
+            };
+            let p = SGemm {
+                m: part.len() / kd,
+                n: kd,
+                k: r1 - r0,
+                alpha,
+                a: &dy[r0 * n + c0..],
+                a_rs: 1,
+                a_cs: n,
+                b,
+                beta: if r0 == 0 { 0.0 } else { 1.0 },
+                ldc: kd,
+            };
+            qmul_kernels::sgemm_grad_single(&p, part)?;
+            if let (Some(t0), Some(t1)) = (t0, t1) {
+                spent[0] += t1 - t0;
+                spent[1] += t1.elapsed();
+            }
+            r0 = r1;
+        }
+        Ok(spent)
+    });
+    let spent = done.into_iter().collect::<Result<Vec<_>, PassError>>()?;
+    if on {
+        profile::split_threads(wall.elapsed(), [Phase::Im2col, Phase::FloatGemm], &spent);
+    }
+    Ok(())
+}
+
 /// Floats of one tile of the column gradient in [`dx_tiled`] (256 KiB: a tile
 /// stays in the core's L2 between the GEMM writing it and col2im reading it).
 const DX_TILE_FLOATS: usize = 1 << 16;
 
-/// `dX = col2im(dYs * W)` one tile of column rows at a time: each thread owns
-/// whole images of `dX` (so the scatter of neighbouring rows never races) and
-/// turns each tile into input gradients before computing the next, so the
-/// backward's scratch is one tile per thread instead of the `m x kdim` column
-/// matrix, the largest buffer of a step before.
-fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
+/// `dX = col2im((dY diag(scale)) * W)` one tile of column rows at a time:
+/// each thread owns whole images of `dX` (so the scatter of neighbouring rows
+/// never races) and turns each tile into input gradients before computing the
+/// next, so the backward's scratch is one tile per thread instead of the
+/// `m x kdim` column matrix, the largest buffer of a step before. The weight
+/// scales (`scale`, one per output channel) are applied to each tile's rows of
+/// `dY` in a buffer of `tile x cout` floats, not to a scaled copy of all of
+/// `dY` (the same products, so the same results).
+fn dx_tiled(
+    g: &ConvGeom,
+    dy: &[f32],
+    scale: Option<&[f32]>,
+    b: BMat,
+) -> Result<Vec<f32>, PassError> {
     let (n, kd) = (g.cout, g.kdim());
     let img = g.h * g.w * g.cin;
     let rows_per_img = g.oh() * g.ow();
@@ -418,16 +517,26 @@ fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
         let mut buf = vec![0.0f32; tr * kd + 16];
         let off = buf.as_ptr().align_offset(64).min(16);
         let tile = &mut buf[off..off + tr * kd];
-        let a = &dys[b0 * rows_per_img * n..];
+        let a = &dy[b0 * rows_per_img * n..];
+        let mut scaled = vec![0.0f32; if scale.is_some() { tr * n } else { 0 }];
         let mut r0 = 0;
         while r0 < rows {
             let r1 = (r0 + tr).min(rows);
+            let rows_dy = &a[r0 * n..r1 * n];
+            let a_tile = match scale {
+                Some(s) => {
+                    let sc = &mut scaled[..rows_dy.len()];
+                    scale_cols_into(rows_dy, s, sc);
+                    &*sc
+                }
+                None => rows_dy,
+            };
             let p = SGemm {
                 m: r1 - r0,
                 n: kd,
                 k: n,
                 alpha: 1.0,
-                a: &a[r0 * n..],
+                a: a_tile,
                 a_rs: n,
                 a_cs: 1,
                 b,
@@ -452,6 +561,18 @@ fn dx_tiled(g: &ConvGeom, dys: &[f32], b: BMat) -> Result<Vec<f32>, PassError> {
         profile::split_threads(wall.elapsed(), [Phase::FloatGemm, Phase::Col2im], &spent);
     }
     Ok(dx)
+}
+
+/// `out[i][j] = dy[i][j] * s[j]` (rows of `s.len()` values).
+fn scale_cols_into(dy: &[f32], s: &[f32], out: &mut [f32]) {
+    for (o, r) in out
+        .chunks_mut(s.len().max(1))
+        .zip(dy.chunks(s.len().max(1)))
+    {
+        o.iter_mut()
+            .zip(r.iter().zip(s))
+            .for_each(|(o, (a, b))| *o = a * b);
+    }
 }
 
 /// `dy[i][j] * s[j]`.
@@ -556,12 +677,90 @@ mod tests {
             qmul_kernels::sgemm(&p, &mut cols).unwrap();
             let mut want = vec![0.0f32; n * h * h * cin];
             col2im_add(&g, &cols, kd, &mut want);
-            let got = dx_tiled(&g, &dys, b).unwrap();
+            let got = dx_tiled(&g, &dys, None, b).unwrap();
             assert!(
                 want.iter()
                     .zip(&got)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{g:?}"
+            );
+            // The per-tile weight scaling equals scaling all of dY first.
+            let s: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 + 0.01).collect();
+            let whole = dx_tiled(&g, &scale_cols(&dys, &s), None, b).unwrap();
+            let tiled = dx_tiled(&g, &dys, Some(&s), b).unwrap();
+            assert!(
+                whole
+                    .iter()
+                    .zip(&tiled)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "scaled {g:?}"
+            );
+        }
+    }
+
+    /// Both splits of `dW` (the reduction over private sums, the output rows
+    /// over the threads) against the tiles summed in order on one thread: the
+    /// row split exactly, the reduction split within float rounding.
+    #[test]
+    fn dw_splits_agree_with_the_tiles_summed_in_order() {
+        let mut r = crate::rng::Rng::new(5);
+        for &(n, h, cin, cout) in &[(6, 16, 16, 64), (3, 8, 32, 96), (2, 5, 8, 40)] {
+            let g = ConvGeom {
+                n,
+                h,
+                w: h,
+                cin,
+                cout,
+                k: 3,
+                stride: 1,
+                pad: 1,
+            };
+            let (m, kd) = (g.m(), g.kdim());
+            let rb = pack::row_bytes_4bit(kd);
+            let x: Vec<u8> = (0..n * h * h * cin / 2)
+                .map(|_| r.below(256) as u8)
+                .collect();
+            let dy: Vec<f32> = (0..m * cout).map(|_| r.uniform() as f32 - 0.5).collect();
+            let fill = |r0: usize, r1: usize, t: &mut [u8]| im2col_u4_rows(&g, &x, r0, r1, t);
+            let tr = dw_tile_rows(rb);
+            let mut want = vec![0.0f32; cout * kd];
+            let mut cols = vec![0u8; tr.min(m) * rb];
+            for r0 in (0..m).step_by(tr) {
+                let r1 = (r0 + tr).min(m);
+                fill(r0, r1, &mut cols);
+                let p = SGemm {
+                    m: cout,
+                    n: kd,
+                    k: r1 - r0,
+                    alpha: 0.25,
+                    a: &dy[r0 * cout..],
+                    a_rs: 1,
+                    a_cs: cout,
+                    b: BMat::U4 {
+                        data: &cols,
+                        rs: rb,
+                    },
+                    beta: if r0 == 0 { 0.0 } else { 1.0 },
+                    ldc: kd,
+                };
+                qmul_kernels::sgemm_grad_single(&p, &mut want).unwrap();
+            }
+            let mut rows = vec![f32::NAN; cout * kd];
+            dw_tiled_rows(&g, &dy, rb, true, 0.25, &fill, &mut rows).unwrap();
+            assert!(
+                want.iter()
+                    .zip(&rows)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "rows {g:?}"
+            );
+            let mut red = vec![f32::NAN; cout * kd];
+            dw_tiled(&g, &dy, rb, true, 0.25, &fill, &mut red).unwrap();
+            let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(
+                want.iter()
+                    .zip(&red)
+                    .all(|(a, b)| (a - b).abs() <= 1e-5 * scale),
+                "reduction {g:?}"
             );
         }
     }

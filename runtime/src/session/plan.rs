@@ -252,7 +252,13 @@ impl View<'_> {
             Op::Conv { input, .. } => {
                 let (x, y, kd, cout) = self.conv_dims(i);
                 let pixels = (y.h * y.w) as u64;
-                let dw = Cost::fixed(f32s(cout * kd) * (1 + t));
+                // dW, and a private sum per thread unless the rows are split.
+                let private = match self.rep(*input) {
+                    Rep::F32 => t,
+                    _ if crate::ops::conv::dw_splits_rows(cout, kd) => 0,
+                    _ => t,
+                };
+                let dw = Cost::fixed(f32s(cout * kd) * (1 + private));
                 // Codes: one tile of input columns per thread (`conv::dw_tiled`);
                 // f32 inputs: the whole column matrix.
                 let tile =
@@ -266,11 +272,13 @@ impl View<'_> {
                 if matches!(m.graph.nodes[*input], Op::Input { .. }) {
                     return dw_part;
                 }
-                // dY scaled per column, dX, and one column tile per thread
-                // (`conv::dx_tiled`: at most max(2^16, kdim) floats + alignment).
-                let tile = f32s(kd.max(1 << 16) + 16);
-                let dx_part = Cost::fixed(f32s(cout * kd) + t * tile)
-                    + Cost::per_image(pixels * f32s(cout) + f32s(x.len()));
+                // dX, and per thread one column tile (`conv::dx_tiled`: at most
+                // max(2^16, kdim) floats + alignment) and the tile's rows of dY
+                // scaled per column.
+                let rows = ((1usize << 16) / kd.max(1)).max(1);
+                let tile = f32s(kd.max(1 << 16) + 16) + f32s(rows * cout);
+                let dx_part =
+                    Cost::fixed(f32s(cout * kd) + t * tile) + Cost::per_image(f32s(x.len()));
                 dw_part.max(dx_part) + Cost::fixed(f32s(cout * kd))
             }
         }
