@@ -489,6 +489,37 @@ impl Ctx<'_> {
         Ok(v)
     }
 
+    /// Eval mode: Conv node `i`, the BatchNorm `i + 1` that alone consumes
+    /// it and the Act `i + 2` that alone consumes that, as one pass over
+    /// tiles of the convolution's output (`conv::forward_codes`): neither
+    /// the conv output nor the BatchNorm output is ever stored. The same
+    /// operations as the nodes one by one, so the same codes. `None` when
+    /// the conv's operands are not integer.
+    fn conv_bn_act_eval(
+        &mut self,
+        i: usize,
+        vals: &[Option<Value>],
+    ) -> Result<Option<Value>, PassError> {
+        let m = self.model;
+        let Op::Conv { input, .. } = &m.graph.nodes[i] else {
+            return Err(broken("fused conv is not a Conv"));
+        };
+        let xv = vals[*input]
+            .as_ref()
+            .ok_or_else(|| broken("input value not computed before its consumer"))?;
+        let (gamma, beta, mean, var) = m.slots[i + 1].bn().ok_or_else(|| broken("bn slots"))?;
+        let q = m.slots[i + 2].act().ok_or_else(|| broken("act slots"))?;
+        let st = bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data);
+        let (a, b) = bn::affine_map(&m.params[gamma].data, &m.params[beta].data, &st);
+        let scale = act::scale(m.graph.scheme, &m.params[q].data);
+        let inv = 1.0 / scale;
+        let g = self.geom(i)?;
+        let w = self.weights(i)?.conv();
+        let post = |x: &[f32], out: &mut [u8]| bn::codes_of_rows(x, &a, &b, inv, out);
+        Ok(conv::forward_codes(&g, xv.as_conv_input(), w, &post)?
+            .map(|packed| Value::Codes { packed, scale }))
+    }
+
     /// One step of a forward pass at node `i`: a BatchNorm fused with the Act
     /// that alone consumes it, a residual Add summing into its operand in
     /// place, or the node alone. Returns the value and the node it belongs to
@@ -502,6 +533,17 @@ impl Ctx<'_> {
         mode: Mode,
     ) -> Result<(Value, usize), PassError> {
         let nodes = &self.model.graph.nodes;
+        if mode == Mode::Eval
+            && self.model.graph.scheme != QuantScheme::None
+            && matches!(nodes[i], Op::Conv { .. })
+            && matches!(nodes.get(i + 1), Some(Op::BatchNorm { input, .. }) if *input == i)
+            && last_use[i] == i + 1
+            && fuses_with_act(nodes, last_use, i + 1)
+        {
+            if let Some(v) = self.conv_bn_act_eval(i, vals)? {
+                return Ok((v, i + 2));
+            }
+        }
         if fuses_with_act(nodes, last_use, i) {
             return Ok((self.compute_bn_act(i, vals, mode)?, i + 1));
         }

@@ -104,6 +104,20 @@ fn affine(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) 
     (a, b)
 }
 
+/// The per-channel `(a, b)` of `y = x * a + b` that [`apply`] computes, and
+/// the codes of whole rows of it ([`codes_of_rows`]): for callers that
+/// produce `x` a tile at a time (the eval forward's fused convolution).
+pub fn affine_map(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) {
+    affine(gamma, beta, st)
+}
+
+/// The 4-bit codes (two per byte) of `x * a + b` under inverse scale `inv`,
+/// for whole rows of `a.len()` channels (an even count): the same codes as
+/// [`apply_codes`].
+pub fn codes_of_rows(x: &[f32], a: &[f32], b: &[f32], inv: f32, out: &mut [u8]) {
+    affine_codes_rows(x, a.len(), a, b, inv, out)
+}
+
 /// `max(apply(x), 0)`: BatchNorm and the ReLU of a float model's Act node.
 pub fn apply_relu(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32> {
     let mut y = apply(x, gamma, beta, st);

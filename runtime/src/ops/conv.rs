@@ -132,6 +132,126 @@ pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, P
     Ok(out)
 }
 
+/// An integer convolution whose output goes straight through `post` (in
+/// the eval forward: BatchNorm with running statistics and the activation
+/// quantizer, `post(rows of f32 outputs, their packed codes)`), one tile at a
+/// time: the f32 output of the convolution is never stored, only the 4-bit
+/// codes `post` writes (half a byte per output). `None` when the operands
+/// are not integer or `cout` is odd (the caller then runs the nodes one by
+/// one). The GEMM tiles and `post` see the same values as the unfused
+/// nodes, so the codes are the same.
+pub fn forward_codes(
+    g: &ConvGeom,
+    x: ConvInput,
+    w: ConvWeights,
+    post: &(dyn Fn(&[f32], &mut [u8]) + Sync),
+) -> Result<Option<Vec<u8>>, PassError> {
+    let (m, n, kd) = (g.m(), g.cout, g.kdim());
+    if n == 0 || !n.is_multiple_of(2) {
+        return Ok(None);
+    }
+    let mut codes = vec![0u8; m * n / 2];
+    match (x, w) {
+        (
+            ConvInput::Codes4 { packed, scale },
+            ConvWeights::Int4 {
+                packed: wp,
+                scale: ws,
+            },
+        ) => {
+            let int = Int {
+                row_bytes: pack::row_bytes_4bit(kd),
+                b: wp,
+                alpha: scale,
+                col_scale: ws,
+                gemm: qmul_kernels::qgemm_u4s4_single,
+            };
+            let fill = |r0, r1, t: &mut [u8]| im2col_u4_rows(g, packed, r0, r1, t);
+            forward_tiled_post(g, &int, &fill, post, &mut codes)?;
+        }
+        (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
+            let int = Int {
+                row_bytes: pack::row_bytes_8bit(kd),
+                b: rows,
+                alpha: scale,
+                col_scale: ws,
+                gemm: qmul_kernels::qgemm_u8s8_single,
+            };
+            let fill = |r0, r1, t: &mut [u8]| im2col_u8_rows(g, data, r0, r1, t);
+            forward_tiled_post(g, &int, &fill, post, &mut codes)?;
+        }
+        _ => return Ok(None),
+    }
+    Ok(Some(codes))
+}
+
+/// [`forward_tiled`] with each tile's outputs handed to `post` in a buffer
+/// of the thread's own (in cache) instead of written to an `m x cout`
+/// output; `out` holds `cout / 2` bytes per output row.
+fn forward_tiled_post(
+    g: &ConvGeom,
+    w: &Int,
+    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
+    post: &(dyn Fn(&[f32], &mut [u8]) + Sync),
+    out: &mut [u8],
+) -> Result<(), PassError> {
+    let n = g.cout;
+    let rb = w.row_bytes;
+    let tile_rows = forward_tile_rows(rb);
+    let on = profile::enabled();
+    let wall = Instant::now();
+    let parts = crate::par::split_mut(out, n / 2);
+    let done = crate::par::map(parts, |(row0, part)| -> Result<[Duration; 3], PassError> {
+        let mut spent = [Duration::ZERO; 3];
+        let rows = part.len() / (n / 2);
+        let tr = tile_rows.min(rows).max(1);
+        let mut cols = vec![0u8; tr * rb];
+        let mut tile = vec![0.0f32; tr * n];
+        let mut r0 = 0;
+        while r0 < rows {
+            let r1 = (r0 + tr).min(rows);
+            let t0 = on.then(Instant::now);
+            fill(row0 + r0, row0 + r1, &mut cols);
+            let t1 = on.then(Instant::now);
+            let p = QGemm {
+                m: r1 - r0,
+                n,
+                row_bytes: rb,
+                a: &cols,
+                b: w.b,
+                alpha: w.alpha,
+                col_scale: w.col_scale,
+                ldc: n,
+                accumulate: false,
+            };
+            let t = &mut tile[..(r1 - r0) * n];
+            (w.gemm)(&p, t)?;
+            let t2 = on.then(Instant::now);
+            post(t, &mut part[r0 * n / 2..r1 * n / 2]);
+            if let (Some(t0), Some(t1), Some(t2)) = (t0, t1, t2) {
+                spent[0] += t1 - t0;
+                spent[1] += t2 - t1;
+                spent[2] += t2.elapsed();
+            }
+            r0 = r1;
+        }
+        Ok(spent)
+    });
+    let spent = done.into_iter().collect::<Result<Vec<_>, PassError>>()?;
+    if on {
+        let sum = |k: usize| spent.iter().map(|t| t[k]).sum::<Duration>();
+        profile::split(
+            wall.elapsed(),
+            &[
+                (Phase::Im2col, sum(0)),
+                (Phase::IntGemm, sum(1)),
+                (Phase::BatchNorm, sum(2)),
+            ],
+        );
+    }
+    Ok(())
+}
+
 /// The weight side of an integer convolution: `B` rows, scales, and the
 /// single-threaded kernel for its encoding.
 struct Int<'a> {
@@ -761,6 +881,80 @@ mod tests {
                     .zip(&red)
                     .all(|(a, b)| (a - b).abs() <= 1e-5 * scale),
                 "reduction {g:?}"
+            );
+        }
+    }
+
+    /// The eval forward's fused path (conv, BatchNorm with running
+    /// statistics, quantizer, a tile at a time) gives exactly the codes of
+    /// the conv output stored whole and then `bn::apply_codes`.
+    #[test]
+    fn fused_eval_codes_equal_the_nodes_one_by_one() {
+        use crate::ops::bn;
+        let mut r = crate::rng::Rng::new(9);
+        for &(n, h, cin, cout, stride, int4) in &[
+            (4, 28, 16, 16, 1, true),
+            (3, 14, 32, 64, 2, true),
+            (2, 9, 8, 24, 1, true),
+            (5, 28, 1, 16, 1, false),
+        ] {
+            let g = ConvGeom {
+                n,
+                h,
+                w: h,
+                cin,
+                cout,
+                k: 3,
+                stride,
+                pad: 1,
+            };
+            let kd = g.kdim();
+            let scales: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 * 0.1 + 0.01).collect();
+            let (wbytes, xbytes) = if int4 {
+                (cout * pack::row_bytes_4bit(kd), n * h * h * cin / 2)
+            } else {
+                (cout * pack::row_bytes_8bit(kd), n * h * h * cin)
+            };
+            let wb: Vec<u8> = (0..wbytes).map(|_| r.below(256) as u8).collect();
+            let xb: Vec<u8> = (0..xbytes).map(|_| r.below(256) as u8).collect();
+            let (x, w) = if int4 {
+                (
+                    ConvInput::Codes4 {
+                        packed: &xb,
+                        scale: 0.3,
+                    },
+                    ConvWeights::Int4 {
+                        packed: &wb,
+                        scale: &scales,
+                    },
+                )
+            } else {
+                (
+                    ConvInput::Bytes {
+                        data: &xb,
+                        scale: 1.0 / 255.0,
+                    },
+                    ConvWeights::Int8 {
+                        rows: &wb,
+                        scale: &scales,
+                    },
+                )
+            };
+            let mean: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 - 0.5).collect();
+            let var: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 + 0.1).collect();
+            let gamma: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 + 0.5).collect();
+            let beta: Vec<f32> = (0..cout).map(|_| r.uniform() as f32 - 0.5).collect();
+            let st = bn::eval_stats(&mean, &var);
+            let inv = 15.0 / 2.0;
+            let y = forward(&g, x, w).unwrap();
+            let want = bn::apply_codes(&y, &gamma, &beta, &st, inv);
+            let (a, b) = bn::affine_map(&gamma, &beta, &st);
+            let post = |t: &[f32], o: &mut [u8]| bn::codes_of_rows(t, &a, &b, inv, o);
+            let got = forward_codes(&g, x, w, &post).unwrap().unwrap();
+            assert_eq!(got, want, "{g:?}");
+            assert!(
+                want.iter().any(|&c| c != 0 && c != 0xff),
+                "degenerate codes {g:?}"
             );
         }
     }
