@@ -702,6 +702,12 @@ impl Ctx<'_> {
             Some(d) => *d = Some(dlogits),
             None => return Err(broken("empty graph")),
         }
+        let mut last_use = vec![0usize; nodes.len()];
+        for (i, op) in nodes.iter().enumerate() {
+            for j in op.inputs() {
+                last_use[j] = i;
+            }
+        }
         fn add_to(d: &mut Option<Vec<f32>>, g: Vec<f32>) {
             match d {
                 Some(v) => time(Phase::Elementwise, || {
@@ -752,6 +758,43 @@ impl Ctx<'_> {
                 Op::Add { a, b } => {
                     add_to(&mut dnode[*b], dy.clone());
                     add_to(&mut dnode[*a], dy);
+                }
+                Op::Act { input, .. }
+                    if !self.frozen_bn
+                        && m.graph.scheme != QuantScheme::None
+                        && fuses_with_act(nodes, &last_use, *input) =>
+                {
+                    // The BatchNorm that only this Act reads, and the Act, in
+                    // one backward (`bn::backward_with_act`): the BatchNorm's
+                    // output is not recomputed into a tensor.
+                    let bn_i = *input;
+                    let Op::BatchNorm { input: bn_in, .. } = nodes[bn_i] else {
+                        return Err(broken("fused Act's input is not a BatchNorm"));
+                    };
+                    let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
+                    let (gamma, beta, _, _) =
+                        m.slots[bn_i].bn().ok_or_else(|| broken("bn slots"))?;
+                    let xv = self.ensured(bn_in, &mut vals, images)?;
+                    let x = self.f32_of(xv, len(bn_in));
+                    let st = self.stats[bn_i]
+                        .as_ref()
+                        .ok_or_else(|| broken("batch statistics not saved"))?;
+                    let features = m.shapes[bn_i].len();
+                    let (gg, gb, gq) = three_mut(&mut grads, gamma, beta, q)?;
+                    let dx = time(Phase::BatchNorm, || {
+                        bn::backward_with_act(
+                            &x,
+                            &dy,
+                            &m.params[gamma].data,
+                            &m.params[beta].data,
+                            st,
+                            m.graph.scheme,
+                            &m.params[q].data,
+                            features,
+                            [gg, gb, gq],
+                        )
+                    });
+                    add_to(&mut dnode[bn_in], dx);
                 }
                 Op::Act { input, .. } => {
                     let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
@@ -816,6 +859,33 @@ impl Ctx<'_> {
             vals[i] = None;
         }
         Ok(grads)
+    }
+}
+
+/// Three distinct mutable elements of a vector.
+fn three_mut<T>(
+    v: &mut [T],
+    a: usize,
+    b: usize,
+    c: usize,
+) -> Result<(&mut T, &mut T, &mut T), PassError> {
+    if a == b || a == c || b == c || a.max(b).max(c) >= v.len() {
+        return Err(broken("three parameter slots alias"));
+    }
+    let mut it = v.iter_mut().enumerate();
+    let (mut x, mut y, mut z) = (None, None, None);
+    for (k, e) in &mut it {
+        if k == a {
+            x = Some(e);
+        } else if k == b {
+            y = Some(e);
+        } else if k == c {
+            z = Some(e);
+        }
+    }
+    match (x, y, z) {
+        (Some(x), Some(y), Some(z)) => Ok((x, y, z)),
+        _ => Err(broken("three parameter slots")),
     }
 }
 

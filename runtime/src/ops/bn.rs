@@ -164,7 +164,6 @@ pub fn backward(
     dbeta: &mut [f32],
 ) -> Vec<f32> {
     let c = gamma.len();
-    let rows = (x.len() / c) as f64;
     let nrows = x.len() / c;
     // Both sums in one pass over x and dy (each accumulator adds the same
     // terms in the same order as two separate passes would).
@@ -178,6 +177,22 @@ pub fn backward(
             acc,
         )
     });
+    backward_dx(x, dy, gamma, st, &sums, dgamma, dbeta)
+}
+
+/// The rest of [`backward`] once the channel sums of `dy` and `dy * xhat`
+/// (`sums`, `2c` values) are known: the parameter gradients and `dx`.
+fn backward_dx(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    st: &BatchStats,
+    sums: &[f64],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> Vec<f32> {
+    let c = gamma.len();
+    let rows = (x.len() / c) as f64;
     let (sdy, sdyx) = sums.split_at(c);
     for ch in 0..c {
         dgamma[ch] += sdyx[ch] as f32;
@@ -202,6 +217,67 @@ pub fn backward(
         )
     });
     dx
+}
+
+/// Floats of one tile of [`backward_with_act`] (16 KiB: in L1 between its
+/// three steps).
+const ACT_TILE_FLOATS: usize = 4096;
+
+/// Training-mode backward of a BatchNorm whose output only an activation
+/// quantizer reads, together with that quantizer's backward, from the
+/// BatchNorm's input `x` and the quantizer's output gradient `dy`: per tile
+/// of rows, the BatchNorm output is recomputed (`x * a + b`, as [`apply`]
+/// does), the quantizer's straight-through backward turns `dy` into the
+/// BatchNorm's output gradient, and both channel sums of the BatchNorm
+/// backward are taken, while the tile is in cache; then `dx`. The BatchNorm
+/// output is never stored, and the unfused sequence's four passes over the
+/// tensors become two. Adds into `dgamma`, `dbeta` and the quantizer's `dq`;
+/// returns `dx`. Each sum adds the same terms in the same order as
+/// [`crate::quant::act::backward`] then [`backward`] whenever both split the
+/// rows at the same points (they do when the rows divide evenly among the
+/// threads), so the results are the same.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_act(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    st: &BatchStats,
+    scheme: crate::graph::QuantScheme,
+    q: &[f32],
+    features: usize,
+    grads: [&mut [f32]; 3],
+) -> Vec<f32> {
+    let [dgamma, dbeta, dq] = grads;
+    let c = gamma.len();
+    let (a, b) = affine(gamma, beta, st);
+    // The BatchNorm output's gradient (the quantizer's input gradient).
+    let mut g = vec![0.0f32; x.len()];
+    let tile = (ACT_TILE_FLOATS / c.max(1)).max(1);
+    let parts = crate::par::map(crate::par::split_mut(&mut g, c), |(r0, part)| {
+        let rows = part.len() / c;
+        let mut acc = vec![0.0f64; 2 * c];
+        let mut qs = [0.0f64; 2];
+        let mut y = vec![0.0f32; tile.min(rows) * c];
+        for t0 in (0..rows).step_by(tile) {
+            let t1 = (t0 + tile).min(rows);
+            let (lo, hi) = ((r0 + t0) * c, (r0 + t1) * c);
+            let yt = &mut y[..hi - lo];
+            affine_rows(&x[lo..hi], c, &a, &b, yt);
+            let gt = &mut part[t0 * c..t1 * c];
+            qs = crate::quant::act::backward_range(scheme, q, yt, &dy[lo..hi], gt, qs);
+            backward_sum_rows(&x[lo..hi], gt, c, &st.mean, &st.invstd, &mut acc);
+        }
+        (acc, qs)
+    });
+    let mut sums = vec![0.0f64; 2 * c];
+    let mut qsums = Vec::with_capacity(parts.len());
+    for (acc, qs) in parts {
+        sums.iter_mut().zip(&acc).for_each(|(s, v)| *s += v);
+        qsums.push(qs);
+    }
+    crate::quant::act::add_param_grads(scheme, &qsums, features, dq);
+    backward_dx(x, &g, gamma, st, &sums, dgamma, dbeta)
 }
 
 /// Backward of BatchNorm with fixed (running) statistics: a per-channel affine
@@ -317,6 +393,73 @@ crate::simd::multiversion! {
                 for (o, p) in o[start / 2..].iter_mut().zip(codes[..n].chunks_exact(2)) {
                     *o = p[0] | (p[1] << 4);
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::QuantScheme;
+    use crate::quant::act;
+
+    /// The fused BatchNorm + quantizer backward gives exactly what the two
+    /// backward passes one after the other give (BatchNorm output stored,
+    /// `act::backward`, `backward`), for every quantizer, on shapes whose
+    /// rows divide evenly among the threads and on one that does not (equal
+    /// within float rounding there).
+    #[test]
+    fn fused_act_backward_equals_the_two_passes() {
+        let mut r = crate::rng::Rng::new(21);
+        for (scheme, q) in [
+            (QuantScheme::Pact, vec![1.5f32]),
+            (QuantScheme::Lsq, vec![0.1f32]),
+            (QuantScheme::Dsq, vec![1.5f32, 0.3]),
+        ] {
+            for &(rows, c, exact) in &[(6272, 64, true), (100352 / 8, 16, true), (4097, 32, false)]
+            {
+                let x: Vec<f32> = (0..rows * c)
+                    .map(|_| r.uniform() as f32 * 4.0 - 1.0)
+                    .collect();
+                let dy: Vec<f32> = (0..rows * c).map(|_| r.uniform() as f32 - 0.5).collect();
+                let gamma: Vec<f32> = (0..c).map(|_| r.uniform() as f32 + 0.5).collect();
+                let beta: Vec<f32> = (0..c).map(|_| r.uniform() as f32 - 0.2).collect();
+                let st = batch_stats(&x, c);
+                let features = 49 * c;
+                let y = apply(&x, &gamma, &beta, &st);
+                let (mut g, mut dq) = (vec![0.0f32; y.len()], vec![0.0f32; q.len()]);
+                act::backward(scheme, &q, &y, &dy, &mut g, &mut dq, features);
+                let (mut dg, mut db) = (vec![0.0f32; c], vec![0.0f32; c]);
+                let want = backward(&x, &g, &gamma, &st, &mut dg, &mut db);
+                let (mut dg2, mut db2, mut dq2) =
+                    (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; q.len()]);
+                let got = backward_with_act(
+                    &x,
+                    &dy,
+                    &gamma,
+                    &beta,
+                    &st,
+                    scheme,
+                    &q,
+                    features,
+                    [&mut dg2, &mut db2, &mut dq2],
+                );
+                let close = |a: &[f32], b: &[f32]| {
+                    let s = a.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+                    a.iter().zip(b).all(|(u, v)| {
+                        if exact {
+                            u.to_bits() == v.to_bits()
+                        } else {
+                            (u - v).abs() <= 1e-5 * s
+                        }
+                    })
+                };
+                let what = format!("{scheme:?} rows {rows} c {c}");
+                assert!(close(&want, &got), "dx {what}");
+                assert!(close(&dg, &dg2) && close(&db, &db2), "dgamma/dbeta {what}");
+                assert!(close(&dq, &dq2), "dq {what}: {dq:?} vs {dq2:?}");
+                assert!(dq[0] != 0.0, "quantizer gradient is zero {what}");
             }
         }
     }

@@ -141,8 +141,19 @@ pub fn backward(
     let n = x.len().min(dy.len()).min(dx.len());
     let parts = crate::par::map(crate::par::split_mut(&mut dx[..n], 1), |(s, d)| {
         let e = s + d.len();
-        backward_range(scheme, q, &x[s..e], &dy[s..e], d)
+        backward_range(scheme, q, &x[s..e], &dy[s..e], d, [0.0; 2])
     });
+    add_param_grads(scheme, &parts, features, dq);
+}
+
+/// Adds the per-range parameter sums of [`backward_range`] (in range order)
+/// into the quantizer's parameter gradients `dq`.
+pub(crate) fn add_param_grads(
+    scheme: QuantScheme,
+    parts: &[[f64; 2]],
+    features: usize,
+    dq: &mut [f32],
+) {
     let mut sums = [0.0f64; 2];
     for p in parts {
         sums[0] += p[0];
@@ -164,24 +175,27 @@ pub fn backward(
 
 crate::simd::multiversion! {
     /// [`backward`] on one range: writes `dx`, returns the parameter-gradient
-    /// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`).
-    fn backward_range(
+    /// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`)
+    /// added to `init` term by term (so a range done in pieces, each piece's
+    /// result the next one's `init`, sums exactly as the whole range does).
+    pub(crate) fn backward_range(
         scheme: QuantScheme,
         q: &[f32],
         x: &[f32],
         dy: &[f32],
         dx: &mut [f32],
+        init: [f64; 2],
     ) -> [f64; 2] {
         match scheme {
             QuantScheme::None => {
                 for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                     *d = if xv > 0.0 { g } else { 0.0 };
                 }
-                [0.0; 2]
+                init
             }
             QuantScheme::Pact => {
                 let a = q[0];
-                let mut da = 0.0f64;
+                let mut da = init[0];
                 for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                     *d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
                     if xv >= a {
@@ -193,7 +207,7 @@ crate::simd::multiversion! {
             QuantScheme::Lsq => {
                 let s = q[0];
                 let inv = 1.0 / s;
-                let mut ds = 0.0f64;
+                let mut ds = init[0];
                 for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                     let v = xv * inv;
                     if v < 0.0 {
@@ -212,7 +226,7 @@ crate::simd::multiversion! {
                 let (u, alpha) = (q[0], q[1]);
                 let d = u / QMAX;
                 let sharp = dsq::Sharpness::new(alpha);
-                let (mut du, mut dalpha) = (0.0f64, 0.0f64);
+                let (mut du, mut dalpha) = (init[0], init[1]);
                 for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
                     if xv < 0.0 {
                         *dxv = 0.0;
