@@ -620,7 +620,12 @@ fn dx_tiled(
     let (n, kd) = (g.cout, g.kdim());
     let img = g.h * g.w * g.cin;
     let rows_per_img = g.oh() * g.ow();
-    let tile_rows = (DX_TILE_FLOATS / kd.max(1)).max(1);
+    // Rows per tile: the column tile within DX_TILE_FLOATS, and the tile's
+    // scaled rows of dY within a quarter of that (1x1 convolutions have
+    // `kdim < cout`).
+    let tile_rows = (DX_TILE_FLOATS / kd.max(1))
+        .min(DX_TILE_FLOATS / 4 / n.max(1))
+        .max(1);
     let on = profile::enabled();
     let wall = Instant::now();
     let mut dx = vec![0.0f32; g.n * img];

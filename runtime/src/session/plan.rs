@@ -275,7 +275,9 @@ impl View<'_> {
                 // dX, and per thread one column tile (`conv::dx_tiled`: at most
                 // max(2^16, kdim) floats + alignment) and the tile's rows of dY
                 // scaled per column.
-                let rows = ((1usize << 16) / kd.max(1)).max(1);
+                let rows = ((1usize << 16) / kd.max(1))
+                    .min((1usize << 14) / cout.max(1))
+                    .max(1);
                 let tile = f32s(kd.max(1 << 16) + 16) + f32s(rows * cout);
                 let dx_part =
                     Cost::fixed(f32s(cout * kd) + t * tile) + Cost::per_image(f32s(x.len()));
