@@ -257,7 +257,7 @@ pub fn backward_with_act(
     let parts = crate::par::map(crate::par::split_mut(&mut g, c), |(r0, part)| {
         let rows = part.len() / c;
         let mut acc = vec![0.0f64; 2 * c];
-        let mut qs = [0.0f64; 2];
+        let mut qs = crate::quant::act::ParamSums::default();
         let mut y = vec![0.0f32; tile.min(rows) * c];
         for t0 in (0..rows).step_by(tile) {
             let t1 = (t0 + tile).min(rows);

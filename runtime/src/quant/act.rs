@@ -141,7 +141,7 @@ pub fn backward(
     let n = x.len().min(dy.len()).min(dx.len());
     let parts = crate::par::map(crate::par::split_mut(&mut dx[..n], 1), |(s, d)| {
         let e = s + d.len();
-        backward_range(scheme, q, &x[s..e], &dy[s..e], d, [0.0; 2])
+        backward_range(scheme, q, &x[s..e], &dy[s..e], d, ParamSums::default())
     });
     add_param_grads(scheme, &parts, features, dq);
 }
@@ -150,14 +150,15 @@ pub fn backward(
 /// into the quantizer's parameter gradients `dq`.
 pub(crate) fn add_param_grads(
     scheme: QuantScheme,
-    parts: &[[f64; 2]],
+    parts: &[ParamSums],
     features: usize,
     dq: &mut [f32],
 ) {
     let mut sums = [0.0f64; 2];
     for p in parts {
-        sums[0] += p[0];
-        sums[1] += p[1];
+        let t = p.total();
+        sums[0] += t[0];
+        sums[1] += t[1];
     }
     match scheme {
         QuantScheme::None => {}
@@ -173,74 +174,124 @@ pub(crate) fn add_param_grads(
     }
 }
 
+/// Independent accumulators per parameter sum in [`backward_range`]: one
+/// f64 accumulator would chain every add on the one before (four cycles an
+/// element, most of a PACT backward's time); element `i` of a range goes
+/// to lane `i % LANES`.
+pub(crate) const LANES: usize = 8;
+
+/// Partial parameter-gradient sums of [`backward_range`], `LANES` per
+/// parameter, carried from one piece of a range to the next.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ParamSums {
+    lanes: [[f64; LANES]; 2],
+}
+
+impl ParamSums {
+    /// The two sums, each over its lanes in lane order.
+    pub(crate) fn total(&self) -> [f64; 2] {
+        let mut t = [0.0f64; 2];
+        for (t, l) in t.iter_mut().zip(&self.lanes) {
+            for v in l {
+                *t += v;
+            }
+        }
+        t
+    }
+}
+
+/// Writes `dx[i]` and adds the parameter terms of element `i` to its lane,
+/// from `f(x[i], dy[i]) = (dx, term 0, term 1)`.
+#[inline(always)]
+fn lanes(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    mut acc: ParamSums,
+    f: impl Fn(f32, f32) -> (f32, f64, f64),
+) -> ParamSums {
+    let n = x.len().min(dy.len()).min(dx.len());
+    let whole = n / LANES * LANES;
+    let [a0, a1] = &mut acc.lanes;
+    for ((dc, xc), gc) in dx[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(x[..whole].chunks_exact(LANES))
+        .zip(dy[..whole].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let (d, t0, t1) = f(xc[l], gc[l]);
+            dc[l] = d;
+            a0[l] += t0;
+            a1[l] += t1;
+        }
+    }
+    for (l, ((d, &xv), &g)) in dx[whole..n]
+        .iter_mut()
+        .zip(&x[whole..n])
+        .zip(&dy[whole..n])
+        .enumerate()
+    {
+        let (dv, t0, t1) = f(xv, g);
+        *d = dv;
+        a0[l] += t0;
+        a1[l] += t1;
+    }
+    acc
+}
+
 crate::simd::multiversion! {
-    /// [`backward`] on one range: writes `dx`, returns the parameter-gradient
-    /// sums (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and `alpha`)
-    /// added to `init` term by term (so a range done in pieces, each piece's
-    /// result the next one's `init`, sums exactly as the whole range does).
+    /// [`backward`] on one range: writes `dx` and adds the parameter-gradient
+    /// terms (PACT `a`, LSQ `s` before its gradient scale, DSQ `u` and
+    /// `alpha`) into `acc`, [`LANES`] accumulators each. A range done in
+    /// pieces whose lengths are multiples of `LANES`, each piece's result the
+    /// next one's `acc`, sums exactly as the whole range does.
     pub(crate) fn backward_range(
         scheme: QuantScheme,
         q: &[f32],
         x: &[f32],
         dy: &[f32],
         dx: &mut [f32],
-        init: [f64; 2],
-    ) -> [f64; 2] {
+        acc: ParamSums,
+    ) -> ParamSums {
         match scheme {
-            QuantScheme::None => {
-                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    *d = if xv > 0.0 { g } else { 0.0 };
-                }
-                init
-            }
+            QuantScheme::None => lanes(x, dy, dx, acc, |xv, g| {
+                (if xv > 0.0 { g } else { 0.0 }, 0.0, 0.0)
+            }),
             QuantScheme::Pact => {
                 let a = q[0];
-                let mut da = init[0];
-                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                    *d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
-                    if xv >= a {
-                        da += g as f64;
-                    }
-                }
-                [da, 0.0]
+                lanes(x, dy, dx, acc, |xv, g| {
+                    let d = if (0.0..=a).contains(&xv) { g } else { 0.0 };
+                    (d, if xv >= a { g as f64 } else { 0.0 }, 0.0)
+                })
             }
             QuantScheme::Lsq => {
                 let s = q[0];
                 let inv = 1.0 / s;
-                let mut ds = init[0];
-                for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                lanes(x, dy, dx, acc, |xv, g| {
                     let v = xv * inv;
                     if v < 0.0 {
-                        *d = 0.0;
+                        (0.0, 0.0, 0.0)
                     } else if v > QMAX {
-                        *d = 0.0;
-                        ds += (g * QMAX) as f64;
+                        (0.0, (g * QMAX) as f64, 0.0)
                     } else {
-                        *d = g;
-                        ds += (g * (round(v) - v)) as f64;
+                        (g, (g * (round(v) - v)) as f64, 0.0)
                     }
-                }
-                [ds, 0.0]
+                })
             }
             QuantScheme::Dsq => {
                 let (u, alpha) = (q[0], q[1]);
                 let d = u / QMAX;
                 let sharp = dsq::Sharpness::new(alpha);
-                let (mut du, mut dalpha) = (init[0], init[1]);
-                for ((dxv, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                lanes(x, dy, dx, acc, |xv, g| {
                     if xv < 0.0 {
-                        *dxv = 0.0;
+                        (0.0, 0.0, 0.0)
                     } else if xv > u {
-                        *dxv = 0.0;
-                        du += g as f64;
+                        (0.0, g as f64, 0.0)
                     } else {
                         let sg = sharp.grad(xv, d, 0.0);
-                        *dxv = g * sg.dx;
-                        du += (g * sg.dd / QMAX) as f64;
-                        dalpha += (g * sg.dalpha) as f64;
+                        (g * sg.dx, (g * sg.dd / QMAX) as f64, (g * sg.dalpha) as f64)
                     }
-                }
-                [du, dalpha]
+                })
             }
         }
     }
@@ -283,6 +334,60 @@ mod tests {
         for x in xs {
             let want = round_small((x * inv).clamp(0.0, QMAX)) as u8;
             assert_eq!(code(x, inv), want, "x = {x}");
+        }
+    }
+
+    /// The lane-split parameter sums equal one sequential f64 sum within f64
+    /// rounding (so the f32 gradients they become agree), `dx` exactly, at
+    /// lengths with and without a partial last chunk; and a range done in
+    /// pieces of whole chunks sums exactly as the whole range.
+    #[test]
+    fn lane_sums_equal_the_sequential_sum() {
+        let mut r = crate::rng::Rng::new(4);
+        for (scheme, q) in [
+            (QuantScheme::Pact, vec![1.2f32]),
+            (QuantScheme::Lsq, vec![0.09f32]),
+            (QuantScheme::Dsq, vec![1.2f32, 0.4]),
+        ] {
+            for n in [1usize, 7, 8, 1001, 4096] {
+                let x: Vec<f32> = (0..n).map(|_| r.uniform() as f32 * 2.0 - 0.4).collect();
+                let dy: Vec<f32> = (0..n).map(|_| r.uniform() as f32 - 0.5).collect();
+                let mut dx = vec![0.0f32; n];
+                let got = backward_range(scheme, &q, &x, &dy, &mut dx, ParamSums::default());
+                let (mut want, mut dxw) = ([0.0f64; 2], vec![0.0f32; n]);
+                for i in 0..n {
+                    let mut one = [0.0f32];
+                    let t = backward_range(
+                        scheme,
+                        &q,
+                        &x[i..=i],
+                        &dy[i..=i],
+                        &mut one,
+                        ParamSums::default(),
+                    )
+                    .total();
+                    dxw[i] = one[0];
+                    want[0] += t[0];
+                    want[1] += t[1];
+                }
+                assert_eq!(dx, dxw, "{scheme:?} n {n}");
+                let t = got.total();
+                for k in 0..2 {
+                    let tol = 1e-12 * want[k].abs().max(1e-6);
+                    assert!(
+                        (t[k] - want[k]).abs() <= tol,
+                        "{scheme:?} n {n}: {t:?} vs {want:?}"
+                    );
+                }
+                if n % LANES == 0 && n >= 16 {
+                    let h = n / 2 / LANES * LANES;
+                    let mut d2 = vec![0.0f32; n];
+                    let (a, b) = d2.split_at_mut(h);
+                    let p = backward_range(scheme, &q, &x[..h], &dy[..h], a, ParamSums::default());
+                    let p = backward_range(scheme, &q, &x[h..], &dy[h..], b, p);
+                    assert_eq!(p.total(), t, "{scheme:?} n {n}: pieces");
+                }
+            }
         }
     }
 
