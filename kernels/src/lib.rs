@@ -19,6 +19,8 @@
 
 pub mod ceiling;
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod pack;
 pub mod par;
 pub mod pool;

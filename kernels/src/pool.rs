@@ -264,10 +264,15 @@ mod tests {
         assert!(r.is_err());
         let v = map(vec![1, 2, 3], |x: i32| x + 1);
         assert_eq!(v, vec![2, 3, 4]);
-        // The workers still take tasks: some task runs off the calling thread.
+        // The workers still take tasks: some task runs off the calling thread
+        // (tried for up to 10 s: on a loaded machine the caller may finish
+        // many calls before a parked worker is scheduled).
         let me = std::thread::current().id();
         let elsewhere = AtomicUsize::new(0);
-        for _ in 0..200 {
+        let start = std::time::Instant::now();
+        while elsewhere.load(Ordering::Relaxed) == 0
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
             run(64, &|_| {
                 if std::thread::current().id() != me {
                     elsewhere.fetch_add(1, Ordering::Relaxed);

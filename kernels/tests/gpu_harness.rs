@@ -1,0 +1,185 @@
+//! The GPU kernels against the scalar CPU reference (feature `gpu`).
+//!
+//! Runs on the first wgpu adapter (lavapipe in CI, installed by `.ci/run`).
+//! Without one the tests print why and pass, unless `QMUL_GPU_REQUIRED=1`
+//! (set by `.ci/run`), where a missing device is a failure: CI must not go
+//! green on a GPU path it never ran.
+#![cfg(feature = "gpu")]
+
+use qmul_kernels::cpu::scalar;
+use qmul_kernels::gpu::{Backend, Gpu, Tile};
+use qmul_kernels::{pack, QGemm};
+
+fn gpu() -> Option<Gpu> {
+    match Gpu::open(Backend::Wgpu) {
+        Ok(g) => {
+            eprintln!("GPU: {}", g.name());
+            Some(g)
+        }
+        Err(e) if std::env::var("QMUL_GPU_REQUIRED").as_deref() == Ok("1") => {
+            panic!("QMUL_GPU_REQUIRED=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: no GPU to test on ({e})");
+            None
+        }
+    }
+}
+
+/// SplitMix64: the tests' inputs, seeded.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Random operands of an `m x n x k` integer GEMM (`bits` 4 or 8), the
+/// padding of every row included (the kernels sum whole rows).
+fn operands(
+    r: &mut Rng,
+    m: usize,
+    n: usize,
+    k: usize,
+    bits: u32,
+) -> (usize, Vec<u8>, Vec<u8>, Vec<f32>) {
+    let rb = if bits == 4 {
+        pack::row_bytes_4bit(k)
+    } else {
+        pack::row_bytes_8bit(k)
+    };
+    let a = (0..m * rb).map(|_| r.below(256) as u8).collect();
+    let b = (0..n * rb).map(|_| r.below(256) as u8).collect();
+    let s = (0..n).map(|_| r.unit() * 0.02 + 1e-4).collect();
+    (rb, a, b, s)
+}
+
+/// Integer GEMMs, both widths, several tile shapes, shapes with partial
+/// tiles in every direction, `ldc > n`: bit for bit the scalar reference,
+/// and the outputs the call does not cover left as they were.
+#[test]
+fn integer_gemms_equal_the_scalar_reference_bit_for_bit() {
+    let Some(gpu) = gpu() else { return };
+    let mut r = Rng(7);
+    let tiles = [
+        Tile::DEFAULT,
+        Tile {
+            tm: 32,
+            tn: 32,
+            kw: 2,
+            rm: 2,
+            rn: 4,
+        },
+        Tile {
+            tm: 16,
+            tn: 64,
+            kw: 8,
+            rm: 1,
+            rn: 4,
+        },
+    ];
+    let shapes = [
+        (1, 1, 1),
+        (7, 5, 33),
+        (64, 64, 144),
+        (100, 16, 144),
+        (65, 130, 288),
+        (300, 64, 576),
+        (33, 512, 4608),
+    ];
+    let mut checked = 0;
+    for bits in [4u32, 8] {
+        for &(m, n, k) in &shapes {
+            for tile in tiles {
+                let (rb, a, b, s) = operands(&mut r, m, n, k, bits);
+                let ldc = n + r.below(3);
+                let p = QGemm {
+                    m,
+                    n,
+                    row_bytes: rb,
+                    a: &a,
+                    b: &b,
+                    alpha: 0.37,
+                    col_scale: &s,
+                    ldc,
+                    accumulate: false,
+                };
+                let len = (m - 1) * ldc + n;
+                let mut want = vec![f32::NAN; len];
+                let mut got = vec![f32::NAN; len];
+                if bits == 4 {
+                    scalar::qgemm_u4s4(&p, &mut want).unwrap();
+                } else {
+                    scalar::qgemm_u8s8(&p, &mut want).unwrap();
+                }
+                gpu.qgemm(&p, bits, tile, &mut got).unwrap();
+                for i in 0..len {
+                    assert_eq!(
+                        want[i].to_bits(),
+                        got[i].to_bits(),
+                        "{bits}-bit {m}x{n}x{k} {tile:?}: C[{}][{}] = {} on the GPU, {} on the CPU",
+                        i / ldc,
+                        i % ldc,
+                        got[i],
+                        want[i]
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} GEMMs equal bit for bit");
+}
+
+/// Bad operands are errors, as on the CPU; nothing panics.
+#[test]
+fn bad_integer_gemm_calls_are_errors() {
+    let Some(gpu) = gpu() else { return };
+    let a = vec![0u8; 32];
+    let b = vec![0u8; 32];
+    let s = vec![1.0f32; 2];
+    let p = QGemm {
+        m: 2,
+        n: 2,
+        row_bytes: 16,
+        a: &a,
+        b: &b,
+        alpha: 1.0,
+        col_scale: &s,
+        ldc: 2,
+        accumulate: false,
+    };
+    let mut c = vec![0.0f32; 4];
+    assert!(gpu.qgemm(&p, 3, Tile::DEFAULT, &mut c).is_err());
+    assert!(gpu
+        .qgemm(
+            &QGemm {
+                accumulate: true,
+                ..p
+            },
+            4,
+            Tile::DEFAULT,
+            &mut c
+        )
+        .is_err());
+    assert!(gpu
+        .qgemm(&QGemm { m: 3, ..p }, 4, Tile::DEFAULT, &mut c)
+        .is_err());
+    let bad = Tile {
+        tm: 30,
+        ..Tile::DEFAULT
+    };
+    assert!(gpu.qgemm(&p, 4, bad, &mut c).is_err());
+    assert!(gpu.qgemm(&p, 4, Tile::DEFAULT, &mut c[..3]).is_err());
+}
