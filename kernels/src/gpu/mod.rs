@@ -9,10 +9,11 @@
 //! would panic on a device thread, where the caller cannot catch it).
 
 pub mod qgemm;
+pub mod sgemm;
 
 pub use qgemm::Tile;
 
-use crate::QGemm;
+use crate::{BMat, QGemm, SGemm};
 use cubecl::prelude::*;
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
@@ -124,6 +125,134 @@ impl Gpu {
             Client::Cuda(cl) => caught(|| qgemm_on(cl, p, bits, tile, c))?,
         }
     }
+}
+
+impl Gpu {
+    /// [`crate::sgemm`] on the GPU (`B` f32 or codes, widened as loaded),
+    /// with the same operands, checks and result within float rounding:
+    /// `c` is uploaded, every `C[i][j]` of the call written, and `c` read
+    /// back. `tile.kw` is the reduction steps per shared-memory block.
+    pub fn sgemm(&self, p: &SGemm, tile: Tile, c: &mut [f32]) -> Result<(), GpuError> {
+        p.check(c.len()).map_err(|e| GpuError(e.to_string()))?;
+        if !tile.valid() {
+            return Err(GpuError(format!("sgemm: invalid tile {tile:?}")));
+        }
+        if p.m == 0 || p.n == 0 {
+            return Ok(());
+        }
+        if p.k == 0 {
+            // Nothing to multiply: C = beta C, as the reference writes it.
+            return crate::cpu::scalar::sgemm(p, c).map_err(|e| GpuError(e.to_string()));
+        }
+        match &self.client {
+            Client::Wgpu(cl) => caught(|| sgemm_on(cl, p, tile, c))?,
+            #[cfg(feature = "cuda")]
+            Client::Cuda(cl) => caught(|| sgemm_on(cl, p, tile, c))?,
+        }
+    }
+}
+
+/// Bytes padded to whole `u32` words (the kernels read `u32` arrays).
+fn words_of(bytes: &[u8]) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+    v
+}
+
+fn sgemm_on<R: Runtime>(
+    client: &ComputeClient<R>,
+    p: &SGemm,
+    t: Tile,
+    c: &mut [f32],
+) -> Result<(), GpuError> {
+    let c_len = (p.m - 1) * p.ldc + p.n;
+    let a_len = (p.m - 1) * p.a_rs + (p.k - 1) * p.a_cs + 1;
+    // B's rows (k of them) and the encoding.
+    let (benc, rs, bf, bw): (u32, usize, Vec<u8>, Vec<u8>) = {
+        let rows = |rs: usize, width: usize| (p.k - 1) * rs + width;
+        match p.b {
+            BMat::F32 { data, rs } => (
+                sgemm::B_F32,
+                rs,
+                f32_bytes(&data[..rows(rs, p.n)]),
+                vec![0; 4],
+            ),
+            BMat::U4 { data, rs } => (
+                sgemm::B_U4,
+                rs,
+                vec![0; 4],
+                words_of(&data[..rows(rs, p.n.div_ceil(2))]),
+            ),
+            BMat::S4 { data, rs } => (
+                sgemm::B_S4,
+                rs,
+                vec![0; 4],
+                words_of(&data[..rows(rs, p.n.div_ceil(2))]),
+            ),
+            BMat::U8 { data, rs } => (
+                sgemm::B_U8,
+                rs,
+                vec![0; 4],
+                words_of(&data[..rows(rs, p.n)]),
+            ),
+            BMat::S8 { data, rs } => {
+                let d: Vec<u8> = data[..rows(rs, p.n)].iter().map(|&x| x as u8).collect();
+                (sgemm::B_S8, rs, vec![0; 4], words_of(&d))
+            }
+        }
+    };
+    for (what, v) in [
+        ("C length", c_len),
+        ("A length", a_len),
+        ("B bytes", bw.len()),
+        ("B floats", bf.len() / 4),
+    ] {
+        if u32::try_from(v).is_err() {
+            return Err(GpuError(format!(
+                "sgemm on the GPU: {what} {v} exceeds u32"
+            )));
+        }
+    }
+    let cubes = (p.n.div_ceil(t.tn as usize), p.m.div_ceil(t.tm as usize));
+    let (max_x, max_y, _) = R::max_cube_count();
+    if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
+        return Err(GpuError(format!(
+            "sgemm on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
+        )));
+    }
+    let ah = client.create_from_slice(&f32_bytes(&p.a[..a_len]));
+    let bfh = client.create_from_slice(&bf);
+    let bwh = client.create_from_slice(&bw);
+    let ch = client.create_from_slice(&f32_bytes(&c[..c_len]));
+    sgemm::sgemm_kernel::launch::<R>(
+        client,
+        CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
+        CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
+        unsafe { ArrayArg::from_raw_parts(ah, a_len) },
+        unsafe { ArrayArg::from_raw_parts(bfh, bf.len() / 4) },
+        unsafe { ArrayArg::from_raw_parts(bwh, bw.len() / 4) },
+        unsafe { ArrayArg::from_raw_parts(ch.clone(), c_len) },
+        p.m as u32,
+        p.n as u32,
+        p.k as u32,
+        p.a_rs as u32,
+        p.a_cs as u32,
+        rs as u32,
+        p.ldc as u32,
+        p.alpha,
+        p.beta,
+        benc,
+        t.tm,
+        t.tn,
+        t.kw,
+        t.rm,
+        t.rn,
+    );
+    let out = client.read_one_unchecked(ch);
+    for (d, q) in c[..c_len].iter_mut().zip(out.chunks_exact(4)) {
+        *d = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
+    }
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
