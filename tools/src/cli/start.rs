@@ -37,7 +37,9 @@ pub fn start_model(
     match start {
         Start::File => {
             let open = OpenModel::from_model(original.clone()).map_err(e)?;
-            if !open.has_sub_bin() {
+            // A full-precision model keeps its f32 weights: no bins to start in.
+            let quantized = original.graph.scheme != qmul_runtime::QuantScheme::None;
+            if quantized && !open.has_sub_bin() {
                 eprintln!(
                     "note: {} keeps no sub-bin state (written before format version 3): \
                      unlearning starts at the bins' centres",
