@@ -1,6 +1,7 @@
 //! The GPU kernels against the scalar CPU reference (feature `gpu`).
 //!
-//! Runs on the first wgpu adapter (lavapipe in CI, installed by `.ci/run`).
+//! Runs on the first wgpu adapter (lavapipe in CI, installed by `.ci/run`),
+//! or on CUDA with `QMUL_GPU_BACKEND=cuda` (`benches/gpu/run.sh`).
 //! Without one the tests print why and pass, unless `QMUL_GPU_REQUIRED=1`
 //! (set by `.ci/run`), where a missing device is a failure: CI must not go
 //! green on a GPU path it never ran.
@@ -10,8 +11,13 @@ use qmul_kernels::cpu::scalar;
 use qmul_kernels::gpu::{Backend, Gpu, Tile};
 use qmul_kernels::{pack, QGemm};
 
+/// The device to test: `QMUL_GPU_BACKEND` (wgpu or cuda; default wgpu).
 fn gpu() -> Option<Gpu> {
-    match Gpu::open(Backend::Wgpu) {
+    let backend = match std::env::var("QMUL_GPU_BACKEND") {
+        Ok(s) => Backend::parse(&s).unwrap_or_else(|| panic!("QMUL_GPU_BACKEND={s}: wgpu or cuda")),
+        Err(_) => Backend::Wgpu,
+    };
+    match Gpu::open(backend) {
         Ok(g) => {
             eprintln!("GPU: {}", g.name());
             Some(g)

@@ -65,6 +65,140 @@ pub struct Gpu {
     name: String,
 }
 
+/// A buffer on the device: 32-bit elements (f32 values, or code bytes
+/// packed four to a little-endian `u32` word). Operands stay on the device
+/// across launches; only [`Gpu::download_f32`] brings values back.
+#[derive(Clone)]
+pub struct Buf {
+    handle: cubecl::server::Handle,
+    /// Elements (words or floats).
+    len: usize,
+}
+
+impl Buf {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The sizes of an integer GEMM on device buffers (`A`: `m` rows, `B`: `n`
+/// rows, of `row_bytes` each; `C`: `m` rows of `ldc`).
+#[derive(Clone, Copy, Debug)]
+pub struct QGemmDims {
+    pub m: usize,
+    pub n: usize,
+    pub row_bytes: usize,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub bits: u32,
+}
+
+macro_rules! with_client {
+    ($gpu:expr, $cl:ident => $body:expr) => {
+        match &$gpu.client {
+            Client::Wgpu($cl) => $body,
+            #[cfg(feature = "cuda")]
+            Client::Cuda($cl) => $body,
+        }
+    };
+}
+
+impl Gpu {
+    /// Bytes onto the device, padded with zeros to whole words.
+    pub fn upload_bytes(&self, bytes: &[u8]) -> Buf {
+        let w = words_of(bytes);
+        let len = w.len() / 4;
+        let handle = with_client!(self, cl => cl.create_from_slice(&w));
+        Buf { handle, len }
+    }
+
+    pub fn upload_f32(&self, v: &[f32]) -> Buf {
+        let b = if v.is_empty() {
+            vec![0; 4]
+        } else {
+            f32_bytes(v)
+        };
+        let handle = with_client!(self, cl => cl.create_from_slice(&b));
+        Buf {
+            handle,
+            len: v.len().max(1),
+        }
+    }
+
+    /// The first `len` floats of `b`, back on the host (waits for every
+    /// launch that writes it).
+    pub fn download_f32(&self, b: &Buf, len: usize) -> Result<Vec<f32>, GpuError> {
+        if len > b.len {
+            return Err(GpuError(format!(
+                "download of {len} floats from a buffer of {}",
+                b.len
+            )));
+        }
+        let bytes = with_client!(self, cl => cl.read_one(b.handle.clone()))
+            .map_err(|e| GpuError(format!("reading a GPU buffer: {e:?}")))?;
+        Ok(bytes[..len * 4]
+            .chunks_exact(4)
+            .map(|q| f32::from_le_bytes([q[0], q[1], q[2], q[3]]))
+            .collect())
+    }
+
+    /// Waits until every launch so far has finished.
+    pub fn sync(&self) -> Result<(), GpuError> {
+        with_client!(self, cl => cubecl::future::block_on(cl.sync()))
+            .map_err(|e| GpuError(format!("GPU sync: {e:?}")))
+    }
+
+    /// The integer GEMM on device buffers: `c[i * ldc + j] = alpha *
+    /// scale[j] * sum_k a[i][k] b[j][k]` for the call's `m x n` outputs
+    /// (launched, not waited for).
+    pub fn qgemm_on_device(
+        &self,
+        d: QGemmDims,
+        a: &Buf,
+        b: &Buf,
+        scale: &Buf,
+        c: &Buf,
+        tile: Tile,
+    ) -> Result<(), GpuError> {
+        if d.bits != 4 && d.bits != 8 {
+            return Err(GpuError(format!("qgemm: {}-bit codes (4 or 8)", d.bits)));
+        }
+        if !tile.valid() {
+            return Err(GpuError(format!("qgemm: invalid tile {tile:?}")));
+        }
+        if !d.row_bytes.is_multiple_of(crate::pack::ROW_ALIGN_BYTES) || d.ldc < d.n {
+            return Err(GpuError(format!("qgemm: bad sizes {d:?}")));
+        }
+        if d.m == 0 || d.n == 0 {
+            return Ok(());
+        }
+        let words = d.row_bytes / 4;
+        let c_len = (d.m - 1) * d.ldc + d.n;
+        for (what, have, need) in [
+            ("A", a.len, d.m * words),
+            ("B", b.len, d.n * words),
+            ("scale", scale.len, d.n),
+            ("C", c.len, c_len),
+        ] {
+            if have < need {
+                return Err(GpuError(format!(
+                    "qgemm: {what} holds {have} elements, needs {need}"
+                )));
+            }
+        }
+        if u32::try_from(c_len.max(d.m * words).max(d.n * words)).is_err() {
+            return Err(GpuError(
+                "qgemm on the GPU: operands exceed u32 indexing".into(),
+            ));
+        }
+        with_client!(self, cl => caught(|| launch_qgemm(cl, d, a, b, scale, c, tile))?)
+    }
+}
+
 impl Gpu {
     /// Opens the default device of `backend`, checking first that one exists.
     pub fn open(backend: Backend) -> Result<Gpu, GpuError> {
@@ -105,26 +239,78 @@ impl Gpu {
     /// Only `accumulate: false` (the convolutions' use).
     pub fn qgemm(&self, p: &QGemm, bits: u32, tile: Tile, c: &mut [f32]) -> Result<(), GpuError> {
         p.check(c.len()).map_err(|e| GpuError(e.to_string()))?;
-        if bits != 4 && bits != 8 {
-            return Err(GpuError(format!("qgemm: {bits}-bit codes (4 or 8)")));
-        }
         if p.accumulate {
             return Err(GpuError(
                 "qgemm on the GPU: accumulate is not supported".into(),
             ));
         }
-        if !tile.valid() {
-            return Err(GpuError(format!("qgemm: invalid tile {tile:?}")));
-        }
         if p.m == 0 || p.n == 0 {
             return Ok(());
         }
-        match &self.client {
-            Client::Wgpu(cl) => caught(|| qgemm_on(cl, p, bits, tile, c))?,
-            #[cfg(feature = "cuda")]
-            Client::Cuda(cl) => caught(|| qgemm_on(cl, p, bits, tile, c))?,
+        let c_len = (p.m - 1) * p.ldc + p.n;
+        let d = QGemmDims {
+            m: p.m,
+            n: p.n,
+            row_bytes: p.row_bytes,
+            ldc: p.ldc,
+            alpha: p.alpha,
+            bits,
+        };
+        let a = self.upload_bytes(&p.a[..p.m * p.row_bytes]);
+        let b = self.upload_bytes(&p.b[..p.n * p.row_bytes]);
+        let s = self.upload_f32(&p.col_scale[..p.n]);
+        let cb = self.upload_f32(&c[..c_len]);
+        self.qgemm_on_device(d, &a, &b, &s, &cb, tile)?;
+        c[..c_len].copy_from_slice(&self.download_f32(&cb, c_len)?);
+        Ok(())
+    }
+}
+
+/// How `B` of a float GEMM is stored on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BEnc {
+    F32,
+    U4,
+    S4,
+    U8,
+    S8,
+}
+
+impl BEnc {
+    fn code(self) -> u32 {
+        match self {
+            BEnc::F32 => sgemm::B_F32,
+            BEnc::U4 => sgemm::B_U4,
+            BEnc::S4 => sgemm::B_S4,
+            BEnc::U8 => sgemm::B_U8,
+            BEnc::S8 => sgemm::B_S8,
         }
     }
+
+    /// Elements of a `B` buffer holding `k` rows of `rs` (floats or bytes).
+    fn elements(self, k: usize, rs: usize, n: usize) -> usize {
+        match self {
+            BEnc::F32 => (k - 1) * rs + n,
+            BEnc::U4 | BEnc::S4 => ((k - 1) * rs + n.div_ceil(2)).div_ceil(4),
+            BEnc::U8 | BEnc::S8 => ((k - 1) * rs + n).div_ceil(4),
+        }
+    }
+}
+
+/// The sizes of a float GEMM on device buffers (`A` at strides `a_rs`,
+/// `a_cs`; `B`: `k` rows of `b_rs` floats or bytes; `C`: `m` rows of `ldc`).
+#[derive(Clone, Copy, Debug)]
+pub struct SGemmDims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b_rs: usize,
+    pub b: BEnc,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
 }
 
 impl Gpu {
@@ -134,9 +320,6 @@ impl Gpu {
     /// back. `tile.kw` is the reduction steps per shared-memory block.
     pub fn sgemm(&self, p: &SGemm, tile: Tile, c: &mut [f32]) -> Result<(), GpuError> {
         p.check(c.len()).map_err(|e| GpuError(e.to_string()))?;
-        if !tile.valid() {
-            return Err(GpuError(format!("sgemm: invalid tile {tile:?}")));
-        }
         if p.m == 0 || p.n == 0 {
             return Ok(());
         }
@@ -144,11 +327,86 @@ impl Gpu {
             // Nothing to multiply: C = beta C, as the reference writes it.
             return crate::cpu::scalar::sgemm(p, c).map_err(|e| GpuError(e.to_string()));
         }
-        match &self.client {
-            Client::Wgpu(cl) => caught(|| sgemm_on(cl, p, tile, c))?,
-            #[cfg(feature = "cuda")]
-            Client::Cuda(cl) => caught(|| sgemm_on(cl, p, tile, c))?,
+        let c_len = (p.m - 1) * p.ldc + p.n;
+        let a_len = (p.m - 1) * p.a_rs + (p.k - 1) * p.a_cs + 1;
+        let rows = |rs: usize, width: usize| (p.k - 1) * rs + width;
+        let (enc, rs, b) = match p.b {
+            BMat::F32 { data, rs } => (BEnc::F32, rs, self.upload_f32(&data[..rows(rs, p.n)])),
+            BMat::U4 { data, rs } => (
+                BEnc::U4,
+                rs,
+                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))]),
+            ),
+            BMat::S4 { data, rs } => (
+                BEnc::S4,
+                rs,
+                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))]),
+            ),
+            BMat::U8 { data, rs } => (BEnc::U8, rs, self.upload_bytes(&data[..rows(rs, p.n)])),
+            BMat::S8 { data, rs } => {
+                let d: Vec<u8> = data[..rows(rs, p.n)].iter().map(|&x| x as u8).collect();
+                (BEnc::S8, rs, self.upload_bytes(&d))
+            }
+        };
+        let d = SGemmDims {
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            a_rs: p.a_rs,
+            a_cs: p.a_cs,
+            b_rs: rs,
+            b: enc,
+            ldc: p.ldc,
+            alpha: p.alpha,
+            beta: p.beta,
+        };
+        let a = self.upload_f32(&p.a[..a_len]);
+        let cb = self.upload_f32(&c[..c_len]);
+        self.sgemm_on_device(d, &a, &b, &cb, tile)?;
+        c[..c_len].copy_from_slice(&self.download_f32(&cb, c_len)?);
+        Ok(())
+    }
+
+    /// The float GEMM on device buffers (launched, not waited for).
+    pub fn sgemm_on_device(
+        &self,
+        d: SGemmDims,
+        a: &Buf,
+        b: &Buf,
+        c: &Buf,
+        tile: Tile,
+    ) -> Result<(), GpuError> {
+        if !tile.valid() {
+            return Err(GpuError(format!("sgemm: invalid tile {tile:?}")));
         }
+        if d.ldc < d.n {
+            return Err(GpuError(format!("sgemm: bad sizes {d:?}")));
+        }
+        if d.m == 0 || d.n == 0 || d.k == 0 {
+            return Err(GpuError(format!(
+                "sgemm on device buffers: empty sizes {d:?}"
+            )));
+        }
+        let c_len = (d.m - 1) * d.ldc + d.n;
+        let a_len = (d.m - 1) * d.a_rs + (d.k - 1) * d.a_cs + 1;
+        let b_len = d.b.elements(d.k, d.b_rs, d.n);
+        for (what, have, need) in [
+            ("A", a.len, a_len),
+            ("B", b.len, b_len),
+            ("C", c.len, c_len),
+        ] {
+            if have < need {
+                return Err(GpuError(format!(
+                    "sgemm: {what} holds {have} elements, needs {need}"
+                )));
+            }
+        }
+        if u32::try_from(c_len.max(a_len).max(d.k * d.b_rs + d.n)).is_err() {
+            return Err(GpuError(
+                "sgemm on the GPU: operands exceed u32 indexing".into(),
+            ));
+        }
+        with_client!(self, cl => caught(|| launch_sgemm(cl, d, a, b, c, tile))?)
     }
 }
 
@@ -159,99 +417,47 @@ fn words_of(bytes: &[u8]) -> Vec<u8> {
     v
 }
 
-fn sgemm_on<R: Runtime>(
+fn launch_sgemm<R: Runtime>(
     client: &ComputeClient<R>,
-    p: &SGemm,
+    d: SGemmDims,
+    a: &Buf,
+    b: &Buf,
+    c: &Buf,
     t: Tile,
-    c: &mut [f32],
 ) -> Result<(), GpuError> {
-    let c_len = (p.m - 1) * p.ldc + p.n;
-    let a_len = (p.m - 1) * p.a_rs + (p.k - 1) * p.a_cs + 1;
-    // B's rows (k of them) and the encoding.
-    let (benc, rs, bf, bw): (u32, usize, Vec<u8>, Vec<u8>) = {
-        let rows = |rs: usize, width: usize| (p.k - 1) * rs + width;
-        match p.b {
-            BMat::F32 { data, rs } => (
-                sgemm::B_F32,
-                rs,
-                f32_bytes(&data[..rows(rs, p.n)]),
-                vec![0; 4],
-            ),
-            BMat::U4 { data, rs } => (
-                sgemm::B_U4,
-                rs,
-                vec![0; 4],
-                words_of(&data[..rows(rs, p.n.div_ceil(2))]),
-            ),
-            BMat::S4 { data, rs } => (
-                sgemm::B_S4,
-                rs,
-                vec![0; 4],
-                words_of(&data[..rows(rs, p.n.div_ceil(2))]),
-            ),
-            BMat::U8 { data, rs } => (
-                sgemm::B_U8,
-                rs,
-                vec![0; 4],
-                words_of(&data[..rows(rs, p.n)]),
-            ),
-            BMat::S8 { data, rs } => {
-                let d: Vec<u8> = data[..rows(rs, p.n)].iter().map(|&x| x as u8).collect();
-                (sgemm::B_S8, rs, vec![0; 4], words_of(&d))
-            }
-        }
-    };
-    for (what, v) in [
-        ("C length", c_len),
-        ("A length", a_len),
-        ("B bytes", bw.len()),
-        ("B floats", bf.len() / 4),
-    ] {
-        if u32::try_from(v).is_err() {
-            return Err(GpuError(format!(
-                "sgemm on the GPU: {what} {v} exceeds u32"
-            )));
-        }
-    }
-    let cubes = (p.n.div_ceil(t.tn as usize), p.m.div_ceil(t.tm as usize));
+    let cubes = (d.n.div_ceil(t.tn as usize), d.m.div_ceil(t.tm as usize));
     let (max_x, max_y, _) = R::max_cube_count();
     if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
         return Err(GpuError(format!(
             "sgemm on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
         )));
     }
-    let ah = client.create_from_slice(&f32_bytes(&p.a[..a_len]));
-    let bfh = client.create_from_slice(&bf);
-    let bwh = client.create_from_slice(&bw);
-    let ch = client.create_from_slice(&f32_bytes(&c[..c_len]));
+    // `B` is passed as both the f32 and the word array; the kernel reads the
+    // one its comptime encoding names.
     sgemm::sgemm_kernel::launch::<R>(
         client,
         CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
         CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
-        unsafe { ArrayArg::from_raw_parts(ah, a_len) },
-        unsafe { ArrayArg::from_raw_parts(bfh, bf.len() / 4) },
-        unsafe { ArrayArg::from_raw_parts(bwh, bw.len() / 4) },
-        unsafe { ArrayArg::from_raw_parts(ch.clone(), c_len) },
-        p.m as u32,
-        p.n as u32,
-        p.k as u32,
-        p.a_rs as u32,
-        p.a_cs as u32,
-        rs as u32,
-        p.ldc as u32,
-        p.alpha,
-        p.beta,
-        benc,
+        unsafe { ArrayArg::from_raw_parts(a.handle.clone(), a.len) },
+        unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
+        unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
+        unsafe { ArrayArg::from_raw_parts(c.handle.clone(), c.len) },
+        d.m as u32,
+        d.n as u32,
+        d.k as u32,
+        d.a_rs as u32,
+        d.a_cs as u32,
+        d.b_rs as u32,
+        d.ldc as u32,
+        d.alpha,
+        d.beta,
+        d.b.code(),
         t.tm,
         t.tn,
         t.kw,
         t.rm,
         t.rn,
     );
-    let out = client.read_one_unchecked(ch);
-    for (d, q) in c[..c_len].iter_mut().zip(out.chunks_exact(4)) {
-        *d = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-    }
     Ok(())
 }
 
@@ -290,55 +496,41 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn qgemm_on<R: Runtime>(
+fn launch_qgemm<R: Runtime>(
     client: &ComputeClient<R>,
-    p: &QGemm,
-    bits: u32,
+    d: QGemmDims,
+    a: &Buf,
+    b: &Buf,
+    scale: &Buf,
+    c: &Buf,
     t: Tile,
-    c: &mut [f32],
 ) -> Result<(), GpuError> {
-    let words = p.row_bytes / 4;
-    let c_len = (p.m - 1) * p.ldc + p.n;
-    let big = |what: &str, v: usize| {
-        u32::try_from(v).map_err(|_| GpuError(format!("qgemm on the GPU: {what} {v} exceeds u32")))
-    };
-    big("C length", c_len)?;
-    big("A words", p.m * words)?;
-    big("B words", p.n * words)?;
-    let cubes = (p.n.div_ceil(t.tn as usize), p.m.div_ceil(t.tm as usize));
+    let cubes = (d.n.div_ceil(t.tn as usize), d.m.div_ceil(t.tm as usize));
     let (max_x, max_y, _) = R::max_cube_count();
     if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
         return Err(GpuError(format!(
             "qgemm on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
         )));
     }
-    let a = client.create_from_slice(&p.a[..p.m * p.row_bytes]);
-    let b = client.create_from_slice(&p.b[..p.n * p.row_bytes]);
-    let s = client.create_from_slice(&f32_bytes(&p.col_scale[..p.n]));
-    let ch = client.create_from_slice(&f32_bytes(&c[..c_len]));
     qgemm::qgemm_kernel::launch::<R>(
         client,
         CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
         CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
-        unsafe { ArrayArg::from_raw_parts(a, p.m * words) },
-        unsafe { ArrayArg::from_raw_parts(b, p.n * words) },
-        unsafe { ArrayArg::from_raw_parts(s, p.n) },
-        unsafe { ArrayArg::from_raw_parts(ch.clone(), c_len) },
-        p.m as u32,
-        p.n as u32,
-        words as u32,
-        p.ldc as u32,
-        p.alpha,
-        bits,
+        unsafe { ArrayArg::from_raw_parts(a.handle.clone(), a.len) },
+        unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
+        unsafe { ArrayArg::from_raw_parts(scale.handle.clone(), scale.len) },
+        unsafe { ArrayArg::from_raw_parts(c.handle.clone(), c.len) },
+        d.m as u32,
+        d.n as u32,
+        (d.row_bytes / 4) as u32,
+        d.ldc as u32,
+        d.alpha,
+        d.bits,
         t.tm,
         t.tn,
         t.kw,
         t.rm,
         t.rn,
     );
-    let out = client.read_one_unchecked(ch);
-    for (d, q) in c[..c_len].iter_mut().zip(out.chunks_exact(4)) {
-        *d = f32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-    }
     Ok(())
 }
