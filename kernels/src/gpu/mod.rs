@@ -463,7 +463,9 @@ fn launch_sgemm<R: Runtime>(
 
 #[cfg(feature = "cuda")]
 fn open_cuda() -> Result<Gpu, GpuError> {
-    if !cudarc::driver::sys::is_culib_present() {
+    // SAFETY: this only tries to load the CUDA driver library (running its
+    // initialisers, as any CUDA program does) and reports whether it loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(GpuError("no CUDA driver (libcuda) on this machine".into()));
     }
     let client = caught(|| cubecl::cuda::CudaRuntime::client(&cubecl::cuda::CudaDevice::new(0)))?;
