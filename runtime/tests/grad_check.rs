@@ -9,6 +9,13 @@ use grad::{batch, check_against_reference, rel_err, tiny, Budget};
 use qmul_runtime::graph::{Precision, QuantScheme};
 use qmul_runtime::{reference, InitOptions, Model, Targets};
 
+/// These checks hold the f32 gradient GEMMs to the f32 budget, whatever
+/// the process default (`QMUL_BACKWARD`, or bf16 if it becomes the
+/// default); `grad_check_bf16.rs` checks bf16 against its own budget.
+fn f32_gemms() {
+    qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
+}
+
 /// Relative error allowed with f32 gradient GEMMs: every tensor.
 const TOL: Budget = Budget {
     per_tensor: 2e-3,
@@ -18,26 +25,31 @@ const TOL: Budget = Budget {
 
 #[test]
 fn pact_network_gradients_match_f64_reference() {
+    f32_gemms();
     check_against_reference(QuantScheme::Pact, Precision::Int8, TOL);
 }
 
 #[test]
 fn lsq_network_gradients_match_f64_reference() {
+    f32_gemms();
     check_against_reference(QuantScheme::Lsq, Precision::Int8, TOL);
 }
 
 #[test]
 fn dsq_network_gradients_match_f64_reference() {
+    f32_gemms();
     check_against_reference(QuantScheme::Dsq, Precision::Int8, TOL);
 }
 
 #[test]
 fn quantized_body_with_f32_edges_matches_reference() {
+    f32_gemms();
     check_against_reference(QuantScheme::Pact, Precision::F32, TOL);
 }
 
 #[test]
 fn full_precision_gradients_match_reference_and_finite_differences() {
+    f32_gemms();
     check_against_reference(QuantScheme::None, Precision::F32, TOL);
     // Finite differences of the f64 reference loss on a few parameters of each tensor.
     let model = Model::new(
@@ -88,6 +100,7 @@ fn full_precision_gradients_match_reference_and_finite_differences() {
 
 #[test]
 fn eval_mode_gradients_match_reference_and_change_nothing() {
+    f32_gemms();
     for scheme in [QuantScheme::Pact, QuantScheme::Lsq] {
         let mut model = Model::new(
             tiny(scheme, Precision::Int8),

@@ -763,6 +763,8 @@ mod tests {
     /// rows in the same order, so no result of the backward moved.
     #[test]
     fn tiled_dx_equals_the_column_matrix_path_exactly() {
+        // The reference below is the f32 GEMM: hold the tiles to f32 too.
+        qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
         let mut r = crate::rng::Rng::new(11);
         for &(n, h, cin, cout, k, stride, pad) in &[
             (3, 28, 16, 16, 3, 1, 1),
