@@ -150,12 +150,7 @@ impl Model {
         };
         let nodes = &self.graph.nodes;
         // Free each value once its last consumer has run.
-        let mut last_use = vec![0usize; nodes.len()];
-        for (i, op) in nodes.iter().enumerate() {
-            for j in op.inputs() {
-                last_use[j] = i;
-            }
-        }
+        let last_use = last_uses(nodes);
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut i = 0;
         while i < nodes.len() {
@@ -238,12 +233,7 @@ impl Model {
             stats: vec![None; nodes.len()],
             frozen_bn,
         };
-        let mut last_use = vec![0usize; nodes.len()];
-        for (i, op) in nodes.iter().enumerate() {
-            for j in op.inputs() {
-                last_use[j] = i;
-            }
-        }
+        let last_use = last_uses(nodes);
         let is_checkpoint = |op: &Op| matches!(op, Op::Input { .. } | Op::Act { .. });
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut saved: Vec<Option<Value>> = vec![None; nodes.len()];
@@ -275,7 +265,7 @@ impl Model {
             loss::weighted_ce(&logits, model.classes(), t.labels, t.weights)
         });
         let saved_bytes = saved.iter().flatten().map(Value::bytes).sum();
-        let grads = ctx.backward(saved, dlogits, images)?;
+        let grads = ctx.backward(&last_use, saved, dlogits, images)?;
         if update_running && !frozen_bn {
             for (i, st) in running {
                 if let Slots::Bn { mean, var, .. } = self.slots[i] {
@@ -307,12 +297,7 @@ impl Model {
         self.check_batch(images, n)?;
         let scheme = self.graph.scheme;
         let nodes = self.graph.nodes.clone();
-        let mut last_use = vec![0usize; nodes.len()];
-        for (i, op) in nodes.iter().enumerate() {
-            for j in op.inputs() {
-                last_use[j] = i;
-            }
-        }
+        let last_use = last_uses(&nodes);
         let mut vals: Vec<Option<Value>> = vec![None; nodes.len()];
         let mut qw = self.quantize_weights()?;
         for i in 0..nodes.len() {
@@ -510,7 +495,7 @@ impl Ctx<'_> {
         let (gamma, beta, mean, var) = m.slots[i + 1].bn().ok_or_else(|| broken("bn slots"))?;
         let q = m.slots[i + 2].act().ok_or_else(|| broken("act slots"))?;
         let st = bn::eval_stats(&m.buffers[mean].data, &m.buffers[var].data);
-        let (a, b) = bn::affine_map(&m.params[gamma].data, &m.params[beta].data, &st);
+        let (a, b) = bn::affine(&m.params[gamma].data, &m.params[beta].data, &st);
         let scale = act::scale(m.graph.scheme, &m.params[q].data);
         let inv = 1.0 / scale;
         let g = self.geom(i)?;
@@ -689,6 +674,7 @@ impl Ctx<'_> {
 
     fn backward(
         &mut self,
+        last_use: &[usize],
         mut vals: Vec<Option<Value>>,
         dlogits: Vec<f32>,
         images: &[u8],
@@ -701,12 +687,6 @@ impl Ctx<'_> {
         match dnode.last_mut() {
             Some(d) => *d = Some(dlogits),
             None => return Err(broken("empty graph")),
-        }
-        let mut last_use = vec![0usize; nodes.len()];
-        for (i, op) in nodes.iter().enumerate() {
-            for j in op.inputs() {
-                last_use[j] = i;
-            }
         }
         fn add_to(d: &mut Option<Vec<f32>>, g: Vec<f32>) {
             match d {
@@ -762,7 +742,7 @@ impl Ctx<'_> {
                 Op::Act { input, .. }
                     if !self.frozen_bn
                         && m.graph.scheme != QuantScheme::None
-                        && fuses_with_act(nodes, &last_use, *input) =>
+                        && fuses_with_act(nodes, last_use, *input) =>
                 {
                     // The BatchNorm that only this Act reads, and the Act, in
                     // one backward (`bn::backward_with_act`): the BatchNorm's
@@ -901,6 +881,18 @@ fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Result<(&mut T, &mut T), PassE
         let (x, y) = v.split_at_mut(a);
         (&mut y[0], &mut x[b])
     })
+}
+
+/// For each node, the last node that reads its value (a pass frees the value
+/// after that node has run).
+fn last_uses(nodes: &[Op]) -> Vec<usize> {
+    let mut last_use = vec![0usize; nodes.len()];
+    for (i, op) in nodes.iter().enumerate() {
+        for j in op.inputs() {
+            last_use[j] = i;
+        }
+    }
+    last_use
 }
 
 /// Whether node `i` is a BatchNorm whose only consumer is the Act right after

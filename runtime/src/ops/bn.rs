@@ -92,8 +92,10 @@ pub fn apply(x: &[f32], gamma: &[f32], beta: &[f32], st: &BatchStats) -> Vec<f32
     y
 }
 
-/// The per-channel affine map of [`apply`] (`y = x * a + b`).
-fn affine(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) {
+/// The per-channel affine map of [`apply`] (`y = x * a + b`); with
+/// [`codes_of_rows`], for callers that produce `x` a tile at a time (the
+/// eval forward's fused convolution).
+pub fn affine(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) {
     let a: Vec<f32> = gamma.iter().zip(&st.invstd).map(|(g, i)| g * i).collect();
     let b: Vec<f32> = beta
         .iter()
@@ -102,13 +104,6 @@ fn affine(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) 
         .map(|((be, m), a)| be - m * a)
         .collect();
     (a, b)
-}
-
-/// The per-channel `(a, b)` of `y = x * a + b` that [`apply`] computes, and
-/// the codes of whole rows of it ([`codes_of_rows`]): for callers that
-/// produce `x` a tile at a time (the eval forward's fused convolution).
-pub fn affine_map(gamma: &[f32], beta: &[f32], st: &BatchStats) -> (Vec<f32>, Vec<f32>) {
-    affine(gamma, beta, st)
 }
 
 /// The 4-bit codes (two per byte) of `x * a + b` under inverse scale `inv`,

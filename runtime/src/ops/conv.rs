@@ -66,43 +66,11 @@ impl ConvWeights<'_> {
 pub fn forward(g: &ConvGeom, x: ConvInput, w: ConvWeights) -> Result<Vec<f32>, PassError> {
     let (m, n, kd) = (g.m(), g.cout, g.kdim());
     let mut out = vec![0.0f32; m * n];
+    if let Some(int) = Int::of(x, w, kd) {
+        forward_tiled(g, &int, &mut out)?;
+        return Ok(out);
+    }
     match (x, w) {
-        (
-            ConvInput::Codes4 { packed, scale },
-            ConvWeights::Int4 {
-                packed: wp,
-                scale: ws,
-            },
-        ) => {
-            let int = Int {
-                row_bytes: pack::row_bytes_4bit(kd),
-                b: wp,
-                alpha: scale,
-                col_scale: ws,
-                gemm: qmul_kernels::qgemm_u4s4_single,
-            };
-            forward_tiled(
-                g,
-                &int,
-                &|r0, r1, t| im2col_u4_rows(g, packed, r0, r1, t),
-                &mut out,
-            )?;
-        }
-        (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
-            let int = Int {
-                row_bytes: pack::row_bytes_8bit(kd),
-                b: rows,
-                alpha: scale,
-                col_scale: ws,
-                gemm: qmul_kernels::qgemm_u8s8_single,
-            };
-            forward_tiled(
-                g,
-                &int,
-                &|r0, r1, t| im2col_u8_rows(g, data, r0, r1, t),
-                &mut out,
-            )?;
-        }
         (x, ConvWeights::F32(wf)) => {
             let xf = to_f32(x, g.n * g.h * g.w * g.cin);
             let cols = time(Phase::Im2col, || im2col_f32(g, &xf));
@@ -150,38 +118,11 @@ pub fn forward_codes(
     if n == 0 || !n.is_multiple_of(2) {
         return Ok(None);
     }
+    let Some(int) = Int::of(x, w, kd) else {
+        return Ok(None);
+    };
     let mut codes = vec![0u8; m * n / 2];
-    match (x, w) {
-        (
-            ConvInput::Codes4 { packed, scale },
-            ConvWeights::Int4 {
-                packed: wp,
-                scale: ws,
-            },
-        ) => {
-            let int = Int {
-                row_bytes: pack::row_bytes_4bit(kd),
-                b: wp,
-                alpha: scale,
-                col_scale: ws,
-                gemm: qmul_kernels::qgemm_u4s4_single,
-            };
-            let fill = |r0, r1, t: &mut [u8]| im2col_u4_rows(g, packed, r0, r1, t);
-            forward_tiled_post(g, &int, &fill, post, &mut codes)?;
-        }
-        (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
-            let int = Int {
-                row_bytes: pack::row_bytes_8bit(kd),
-                b: rows,
-                alpha: scale,
-                col_scale: ws,
-                gemm: qmul_kernels::qgemm_u8s8_single,
-            };
-            let fill = |r0, r1, t: &mut [u8]| im2col_u8_rows(g, data, r0, r1, t);
-            forward_tiled_post(g, &int, &fill, post, &mut codes)?;
-        }
-        _ => return Ok(None),
-    }
+    forward_tiled_post(g, &int, post, &mut codes)?;
     Ok(Some(codes))
 }
 
@@ -191,7 +132,6 @@ pub fn forward_codes(
 fn forward_tiled_post(
     g: &ConvGeom,
     w: &Int,
-    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
     post: &(dyn Fn(&[f32], &mut [u8]) + Sync),
     out: &mut [u8],
 ) -> Result<(), PassError> {
@@ -211,7 +151,7 @@ fn forward_tiled_post(
         while r0 < rows {
             let r1 = (r0 + tr).min(rows);
             let t0 = on.then(Instant::now);
-            fill(row0 + r0, row0 + r1, &mut cols);
+            w.fill(g, row0 + r0, row0 + r1, &mut cols);
             let t1 = on.then(Instant::now);
             let p = QGemm {
                 m: r1 - r0,
@@ -252,14 +192,62 @@ fn forward_tiled_post(
     Ok(())
 }
 
-/// The weight side of an integer convolution: `B` rows, scales, and the
-/// single-threaded kernel for its encoding.
+/// The operands of an integer convolution: the input (4-bit codes or 8-bit
+/// bytes, whose columns `fill` builds), the weights' `B` rows and scales,
+/// and the single-threaded kernel for their encoding.
 struct Int<'a> {
+    x: &'a [u8],
+    int4: bool,
     row_bytes: usize,
     b: &'a [u8],
     alpha: f32,
     col_scale: &'a [f32],
     gemm: fn(&QGemm, &mut [f32]) -> Result<(), qmul_kernels::ShapeError>,
+}
+
+impl<'a> Int<'a> {
+    /// The integer operand pairs (4-bit codes with 4-bit weights, 8-bit
+    /// inputs with 8-bit weights); `None` for the others.
+    fn of(x: ConvInput<'a>, w: ConvWeights<'a>, kd: usize) -> Option<Int<'a>> {
+        match (x, w) {
+            (
+                ConvInput::Codes4 { packed, scale },
+                ConvWeights::Int4 {
+                    packed: wp,
+                    scale: ws,
+                },
+            ) => Some(Int {
+                x: packed,
+                int4: true,
+                row_bytes: pack::row_bytes_4bit(kd),
+                b: wp,
+                alpha: scale,
+                col_scale: ws,
+                gemm: qmul_kernels::qgemm_u4s4_single,
+            }),
+            (ConvInput::Bytes { data, scale }, ConvWeights::Int8 { rows, scale: ws }) => {
+                Some(Int {
+                    x: data,
+                    int4: false,
+                    row_bytes: pack::row_bytes_8bit(kd),
+                    b: rows,
+                    alpha: scale,
+                    col_scale: ws,
+                    gemm: qmul_kernels::qgemm_u8s8_single,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The columns of output rows `r0..r1` into `t`.
+    fn fill(&self, g: &ConvGeom, r0: usize, r1: usize, t: &mut [u8]) {
+        if self.int4 {
+            im2col_u4_rows(g, self.x, r0, r1, t)
+        } else {
+            im2col_u8_rows(g, self.x, r0, r1, t)
+        }
+    }
 }
 
 /// Bytes of one tile of column rows in [`forward_tiled`] (64 KiB: the tile
@@ -280,12 +268,7 @@ pub fn forward_tile_rows(row_bytes: usize) -> usize {
 /// `m x kdim` column matrix is never stored (it was the largest buffer of
 /// the forward, and written to memory and read back for every conv). The
 /// products are exact integers scaled as before: results are unchanged.
-fn forward_tiled(
-    g: &ConvGeom,
-    w: &Int,
-    fill: &(dyn Fn(usize, usize, &mut [u8]) + Sync),
-    out: &mut [f32],
-) -> Result<(), PassError> {
+fn forward_tiled(g: &ConvGeom, w: &Int, out: &mut [f32]) -> Result<(), PassError> {
     let n = g.cout;
     let rb = w.row_bytes;
     let tile_rows = forward_tile_rows(rb);
@@ -301,7 +284,7 @@ fn forward_tiled(
         while r0 < rows {
             let r1 = (r0 + tr).min(rows);
             let t0 = on.then(Instant::now);
-            fill(row0 + r0, row0 + r1, &mut cols);
+            w.fill(g, row0 + r0, row0 + r1, &mut cols);
             let t1 = on.then(Instant::now);
             let p = QGemm {
                 m: r1 - r0,
@@ -413,6 +396,15 @@ pub fn backward(
     Ok((dw, Some(dx_tiled(g, dy, scale, b)?)))
 }
 
+/// A tile of input columns as the `B` of a `dW` GEMM (codes widened in it).
+fn cols_bmat(int4: bool, cols: &[u8], rs: usize) -> BMat<'_> {
+    if int4 {
+        BMat::U4 { data: cols, rs }
+    } else {
+        BMat::U8 { data: cols, rs }
+    }
+}
+
 /// Bytes of one tile of input columns in [`dw_tiled`] (at least 256 rows).
 const DW_TILE_BYTES: usize = 64 << 10;
 
@@ -465,17 +457,7 @@ fn dw_tiled(
                 let c0 = on.then(Instant::now);
                 fill(r0, r1, &mut cols);
                 let c1 = on.then(Instant::now);
-                let b = if int4 {
-                    BMat::U4 {
-                        data: &cols,
-                        rs: rb,
-                    }
-                } else {
-                    BMat::U8 {
-                        data: &cols,
-                        rs: rb,
-                    }
-                };
+                let b = cols_bmat(int4, &cols, rb);
                 let p = SGemm {
                     m: n,
                     n: kd,
@@ -560,17 +542,7 @@ fn dw_tiled_rows(
             let t0 = on.then(Instant::now);
             fill(r0, r1, &mut cols);
             let t1 = on.then(Instant::now);
-            let b = if int4 {
-                BMat::U4 {
-                    data: &cols,
-                    rs: rb,
-                }
-            } else {
-                BMat::U8 {
-                    data: &cols,
-                    rs: rb,
-                }
-            };
+            let b = cols_bmat(int4, &cols, rb);
             let p = SGemm {
                 m: part.len() / kd,
                 n: kd,
@@ -702,12 +674,8 @@ fn scale_cols_into(dy: &[f32], s: &[f32], out: &mut [f32]) {
 
 /// `dy[i][j] * s[j]`.
 pub fn scale_cols(dy: &[f32], s: &[f32]) -> Vec<f32> {
-    // Sized up front: a collected `flat_map` would grow by doubling, up to
-    // twice the bytes of the largest buffer of a step (and of the memory plan).
-    let mut out = Vec::with_capacity(dy.len());
-    for r in dy.chunks(s.len().max(1)) {
-        out.extend(r.iter().zip(s).map(|(a, b)| a * b));
-    }
+    let mut out = vec![0.0f32; dy.len()];
+    scale_cols_into(dy, s, &mut out);
     out
 }
 
@@ -955,7 +923,7 @@ mod tests {
             let inv = 15.0 / 2.0;
             let y = forward(&g, x, w).unwrap();
             let want = bn::apply_codes(&y, &gamma, &beta, &st, inv);
-            let (a, b) = bn::affine_map(&gamma, &beta, &st);
+            let (a, b) = bn::affine(&gamma, &beta, &st);
             let post = |t: &[f32], o: &mut [u8]| bn::codes_of_rows(t, &a, &b, inv, o);
             let got = forward_codes(&g, x, w, &post).unwrap().unwrap();
             assert_eq!(got, want, "{g:?}");
