@@ -178,23 +178,16 @@ impl Gpu {
         }
         let words = d.row_bytes / 4;
         let c_len = (d.m - 1) * d.ldc + d.n;
-        for (what, have, need) in [
-            ("A", a.len, d.m * words),
-            ("B", b.len, d.n * words),
-            ("scale", scale.len, d.n),
-            ("C", c.len, c_len),
-        ] {
-            if have < need {
-                return Err(GpuError(format!(
-                    "qgemm: {what} holds {have} elements, needs {need}"
-                )));
-            }
-        }
-        if u32::try_from(c_len.max(d.m * words).max(d.n * words)).is_err() {
-            return Err(GpuError(
-                "qgemm on the GPU: operands exceed u32 indexing".into(),
-            ));
-        }
+        check_operands(
+            "qgemm",
+            &[
+                ("A", a, d.m * words),
+                ("B", b, d.n * words),
+                ("scale", scale, d.n),
+                ("C", c, c_len),
+            ],
+            c_len.max(d.m * words).max(d.n * words),
+        )?;
         with_client!(self, cl => caught(|| launch_qgemm(cl, d, a, b, scale, c, tile))?)
     }
 }
@@ -390,24 +383,52 @@ impl Gpu {
         let c_len = (d.m - 1) * d.ldc + d.n;
         let a_len = (d.m - 1) * d.a_rs + (d.k - 1) * d.a_cs + 1;
         let b_len = d.b.elements(d.k, d.b_rs, d.n);
-        for (what, have, need) in [
-            ("A", a.len, a_len),
-            ("B", b.len, b_len),
-            ("C", c.len, c_len),
-        ] {
-            if have < need {
-                return Err(GpuError(format!(
-                    "sgemm: {what} holds {have} elements, needs {need}"
-                )));
-            }
-        }
-        if u32::try_from(c_len.max(a_len).max(d.k * d.b_rs + d.n)).is_err() {
-            return Err(GpuError(
-                "sgemm on the GPU: operands exceed u32 indexing".into(),
-            ));
-        }
+        check_operands(
+            "sgemm",
+            &[("A", a, a_len), ("B", b, b_len), ("C", c, c_len)],
+            c_len.max(a_len).max(d.k * d.b_rs + d.n),
+        )?;
         with_client!(self, cl => caught(|| launch_sgemm(cl, d, a, b, c, tile))?)
     }
+}
+
+/// Each buffer holds at least the elements the call reads or writes, and the
+/// largest index fits the kernels' `u32` arithmetic.
+fn check_operands(op: &str, bufs: &[(&str, &Buf, usize)], largest: usize) -> Result<(), GpuError> {
+    for &(what, buf, need) in bufs {
+        if buf.len < need {
+            return Err(GpuError(format!(
+                "{op}: {what} holds {} elements, needs {need}",
+                buf.len
+            )));
+        }
+    }
+    if u32::try_from(largest).is_err() {
+        return Err(GpuError(format!(
+            "{op} on the GPU: operands exceed u32 indexing"
+        )));
+    }
+    Ok(())
+}
+
+/// The cubes covering an `m x n` output with tile `t`, and their units.
+fn grid<R: Runtime>(
+    op: &str,
+    m: usize,
+    n: usize,
+    t: Tile,
+) -> Result<(CubeCount, CubeDim), GpuError> {
+    let cubes = (n.div_ceil(t.tn as usize), m.div_ceil(t.tm as usize));
+    let (max_x, max_y, _) = R::max_cube_count();
+    if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
+        return Err(GpuError(format!(
+            "{op} on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
+        )));
+    }
+    Ok((
+        CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
+        CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
+    ))
 }
 
 /// Bytes padded to whole `u32` words (the kernels read `u32` arrays).
@@ -425,19 +446,13 @@ fn launch_sgemm<R: Runtime>(
     c: &Buf,
     t: Tile,
 ) -> Result<(), GpuError> {
-    let cubes = (d.n.div_ceil(t.tn as usize), d.m.div_ceil(t.tm as usize));
-    let (max_x, max_y, _) = R::max_cube_count();
-    if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
-        return Err(GpuError(format!(
-            "sgemm on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
-        )));
-    }
+    let (count, dim) = grid::<R>("sgemm", d.m, d.n, t)?;
     // `B` is passed as both the f32 and the word array; the kernel reads the
     // one its comptime encoding names.
     sgemm::sgemm_kernel::launch::<R>(
         client,
-        CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
-        CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
+        count,
+        dim,
         unsafe { ArrayArg::from_raw_parts(a.handle.clone(), a.len) },
         unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
         unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
@@ -507,17 +522,11 @@ fn launch_qgemm<R: Runtime>(
     c: &Buf,
     t: Tile,
 ) -> Result<(), GpuError> {
-    let cubes = (d.n.div_ceil(t.tn as usize), d.m.div_ceil(t.tm as usize));
-    let (max_x, max_y, _) = R::max_cube_count();
-    if cubes.0 > max_x as usize || cubes.1 > max_y as usize {
-        return Err(GpuError(format!(
-            "qgemm on the GPU: {cubes:?} cubes exceed {max_x} x {max_y}"
-        )));
-    }
+    let (count, dim) = grid::<R>("qgemm", d.m, d.n, t)?;
     qgemm::qgemm_kernel::launch::<R>(
         client,
-        CubeCount::Static(cubes.0 as u32, cubes.1 as u32, 1),
-        CubeDim::new_2d(t.tn / t.rn, t.tm / t.rm),
+        count,
+        dim,
         unsafe { ArrayArg::from_raw_parts(a.handle.clone(), a.len) },
         unsafe { ArrayArg::from_raw_parts(b.handle.clone(), b.len) },
         unsafe { ArrayArg::from_raw_parts(scale.handle.clone(), scale.len) },

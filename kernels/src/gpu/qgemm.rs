@@ -31,6 +31,38 @@ fn dot_word(a: u32, b: u32, #[comptime] bits: u32) -> i32 {
     s
 }
 
+/// Words `k0..k0 + kw` of rows `row0..row0 + count` of `src` (rows of
+/// `row_words`; rows past `rows` and words past the row read as zero) into
+/// `dst[r * kw + w]`, the cube's `threads` units taking turns.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_words(
+    src: &Array<u32>,
+    dst: &mut SharedMemory<u32>,
+    row0: u32,
+    rows: u32,
+    k0: u32,
+    row_words: u32,
+    tid: u32,
+    #[comptime] count: u32,
+    #[comptime] kw: u32,
+    #[comptime] threads: u32,
+) {
+    #[unroll]
+    for l in 0..comptime!((count * kw).div_ceil(threads)) {
+        let idx = tid + l * threads;
+        if idx < comptime!(count * kw) {
+            let r = row0 + idx / kw;
+            let w = k0 + idx % kw;
+            let mut v = 0u32;
+            if r < rows && w < row_words {
+                v = src[(r * row_words + w) as usize];
+            }
+            dst[idx as usize] = v;
+        }
+    }
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn qgemm_kernel(
@@ -66,32 +98,8 @@ pub(super) fn qgemm_kernel(
     let mut k0 = 0u32;
     while k0 < row_words {
         // The step's words of A and B into shared memory, every unit a share.
-        #[unroll]
-        for l in 0..comptime!((tm * kw).div_ceil(threads)) {
-            let idx = tid + l * threads;
-            if idx < comptime!(tm * kw) {
-                let r = row0 + idx / kw;
-                let w = k0 + idx % kw;
-                let mut v = 0u32;
-                if r < m && w < row_words {
-                    v = a[(r * row_words + w) as usize];
-                }
-                sa[idx as usize] = v;
-            }
-        }
-        #[unroll]
-        for l in 0..comptime!((tn * kw).div_ceil(threads)) {
-            let idx = tid + l * threads;
-            if idx < comptime!(tn * kw) {
-                let r = col0 + idx / kw;
-                let w = k0 + idx % kw;
-                let mut v = 0u32;
-                if r < n && w < row_words {
-                    v = b[(r * row_words + w) as usize];
-                }
-                sb[idx as usize] = v;
-            }
-        }
+        load_words(a, &mut sa, row0, m, k0, row_words, tid, tm, kw, threads);
+        load_words(b, &mut sb, col0, n, k0, row_words, tid, tn, kw, threads);
         sync_cube();
         #[unroll]
         for w in 0..kw {
