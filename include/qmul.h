@@ -81,6 +81,27 @@ typedef int32_t qmul_method;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Precisions of the straight-through backward's gradient GEMMs.
+enum qmul_backward
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // f32 operands and sums: the exact reference.
+  QMUL_BACKWARD_F32 = 1,
+  // dY rounded to bf16, f32 sums, where the CPU has bf16 dot products
+  // (AVX-512 BF16; f32 elsewhere). The default: its unlearning results are
+  // within the seed spread of f32's (docs/performance.md).
+  QMUL_BACKWARD_BF16 = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum qmul_backward qmul_backward;
+#else
+typedef int32_t qmul_backward;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A data set in memory (opaque). Immutable: threads may share it.
 typedef struct qmul_dataset qmul_dataset;
 
@@ -262,6 +283,15 @@ const char *qmul_version(void);
 // The message of the last failed call on this thread ("" after a success).
 // The pointer stays valid until this thread's next qmul call.
 const char *qmul_last_error(void);
+
+// Chooses the gradient GEMMs' precision (a `qmul_backward`) for every
+// session of the process, from the next batch on. Without a call the
+// environment variable `QMUL_BACKWARD` (`f32` or `bf16`) decides, else bf16.
+int32_t qmul_set_backward(int32_t precision);
+
+// The precision the gradient GEMMs run in (a `qmul_backward`): bf16 only
+// where it was asked for and this CPU has bf16 dot products.
+int32_t qmul_get_backward(void);
 
 // A static name for a status code (`"QMUL_ERR_CANCELLED"`, ...).
 const char *qmul_status_name(int32_t status);

@@ -609,6 +609,7 @@ fn sgemm_bf16_every_variant_matches_its_reference() {
 #[test]
 fn grad_gemm_in_bf16_matches_the_reference_or_falls_back_to_f32() {
     use qmul_kernels::GradPrecision;
+    let before = qmul_kernels::requested_grad_precision();
     qmul_kernels::set_grad_precision(GradPrecision::Bf16);
     let bf16 = qmul_kernels::grad_precision() == GradPrecision::Bf16;
     println!("grad gemm: bf16 on this CPU: {bf16}");
@@ -631,7 +632,7 @@ fn grad_gemm_in_bf16_matches_the_reference_or_falls_back_to_f32() {
             }
         }
     }
-    qmul_kernels::set_grad_precision(GradPrecision::F32);
+    qmul_kernels::set_grad_precision(before);
 }
 
 /// A call whose operands are shorter than its sizes say (or whose sizes

@@ -27,3 +27,5 @@ pub mod unlearn;
 pub use exec::{Pass, PassError, Targets, Value};
 pub use graph::{Graph, Op, Precision, QuantScheme, Shape};
 pub use model::{InitOptions, Model};
+/// The backward's gradient-GEMM precision is chosen once per process, in the kernels.
+pub use qmul_kernels::{grad_precision, set_grad_precision, GradPrecision};

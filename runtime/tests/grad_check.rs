@@ -10,8 +10,8 @@ use qmul_runtime::graph::{Precision, QuantScheme};
 use qmul_runtime::{reference, InitOptions, Model, Targets};
 
 /// These checks hold the f32 gradient GEMMs to the f32 budget, whatever
-/// the process default (`QMUL_BACKWARD`, or bf16 if it becomes the
-/// default); `grad_check_bf16.rs` checks bf16 against its own budget.
+/// the process default (`QMUL_BACKWARD`, else bf16); every test here
+/// calls it, so none runs in another precision; `grad_check_bf16.rs` checks bf16 against its own budget.
 fn f32_gemms() {
     qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
 }

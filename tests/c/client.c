@@ -100,6 +100,15 @@ int main(int argc, char **argv) {
     const char *model_path = argv[1], *receipts = argv[6];
     printf("qmul %s\n", qmul_version());
 
+    /* The backward's precision is a process-wide choice. */
+    EXPECT(qmul_set_backward(99), QMUL_ERR_INVALID_ARGUMENT);
+    EXPECT(qmul_set_backward(QMUL_BACKWARD_F32), QMUL_OK);
+    CHECK(qmul_get_backward() == QMUL_BACKWARD_F32, "f32 when asked for");
+    EXPECT(qmul_set_backward(QMUL_BACKWARD_BF16), QMUL_OK);
+    CHECK(qmul_get_backward() == QMUL_BACKWARD_BF16 || qmul_get_backward() == QMUL_BACKWARD_F32,
+          "bf16 where the CPU has it, else f32");
+    printf("backward: %s\n", qmul_get_backward() == QMUL_BACKWARD_BF16 ? "bf16" : "f32");
+
     /* Bad input is a status, never a crash. */
     qmul_model *model = (qmul_model *)1;
     EXPECT(qmul_model_open(NULL, &model), QMUL_ERR_NULL_POINTER);

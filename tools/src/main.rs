@@ -13,7 +13,7 @@ use std::process::ExitCode;
 struct Cli {
     /// Precision of the backward's gradient GEMMs: f32, or bf16 (dY rounded to
     /// bf16, f32 sums; used where the CPU has bf16 dot products, f32 elsewhere).
-    /// Default: QMUL_BACKWARD, else f32.
+    /// Default: QMUL_BACKWARD, else bf16.
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
     #[command(subcommand)]

@@ -336,6 +336,50 @@ pub extern "C" fn qmul_last_error() -> *const c_char {
     })
 }
 
+/// Precisions of the straight-through backward's gradient GEMMs.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum qmul_backward {
+    /// f32 operands and sums: the exact reference.
+    QMUL_BACKWARD_F32 = 1,
+    /// dY rounded to bf16, f32 sums, where the CPU has bf16 dot products
+    /// (AVX-512 BF16; f32 elsewhere). The default: its unlearning results are
+    /// within the seed spread of f32's (docs/performance.md).
+    QMUL_BACKWARD_BF16 = 2,
+}
+
+/// Chooses the gradient GEMMs' precision (a `qmul_backward`) for every
+/// session of the process, from the next batch on. Without a call the
+/// environment variable `QMUL_BACKWARD` (`f32` or `bf16`) decides, else bf16.
+#[no_mangle]
+pub extern "C" fn qmul_set_backward(precision: i32) -> i32 {
+    use qmul_runtime::GradPrecision;
+    guard(|| {
+        let p = match precision {
+            x if x == qmul_backward::QMUL_BACKWARD_F32 as i32 => GradPrecision::F32,
+            x if x == qmul_backward::QMUL_BACKWARD_BF16 as i32 => GradPrecision::Bf16,
+            x => {
+                return Err(Error::invalid(format!(
+                    "unknown backward precision {x} (see qmul_backward)"
+                )))
+            }
+        };
+        qmul_runtime::set_grad_precision(p);
+        Ok(())
+    })
+}
+
+/// The precision the gradient GEMMs run in (a `qmul_backward`): bf16 only
+/// where it was asked for and this CPU has bf16 dot products.
+#[no_mangle]
+pub extern "C" fn qmul_get_backward() -> i32 {
+    match qmul_runtime::grad_precision() {
+        qmul_runtime::GradPrecision::F32 => qmul_backward::QMUL_BACKWARD_F32 as i32,
+        qmul_runtime::GradPrecision::Bf16 => qmul_backward::QMUL_BACKWARD_BF16 as i32,
+    }
+}
+
 /// Every status with its name, for `qmul_status_name`.
 const STATUS_NAMES: [(qmul_status, &CStr); 13] = {
     use qmul_status::*;

@@ -728,11 +728,11 @@ mod tests {
     /// The tiled `dX` equals the whole-column-matrix computation it replaced
     /// (one GEMM over every row, then col2im) bit for bit: each output row of
     /// the GEMM reduces over the same `k` in the same order, and col2im adds
-    /// rows in the same order, so no result of the backward moved.
+    /// rows in the same order, so no result of the backward moved. Both sides
+    /// use the gradient GEMM in the process's precision (f32 or bf16), so the
+    /// test holds in either and changes no process-wide setting.
     #[test]
     fn tiled_dx_equals_the_column_matrix_path_exactly() {
-        // The reference below is the f32 GEMM: hold the tiles to f32 too.
-        qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
         let mut r = crate::rng::Rng::new(11);
         for &(n, h, cin, cout, k, stride, pad) in &[
             (3, 28, 16, 16, 3, 1, 1),
@@ -769,7 +769,7 @@ mod tests {
                 beta: 0.0,
                 ldc: kd,
             };
-            qmul_kernels::sgemm(&p, &mut cols).unwrap();
+            qmul_kernels::sgemm_grad(&p, &mut cols).unwrap();
             let mut want = vec![0.0f32; n * h * h * cin];
             col2im_add(&g, &cols, kd, &mut want);
             let got = dx_tiled(&g, &dys, None, b).unwrap();

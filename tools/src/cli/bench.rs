@@ -277,12 +277,16 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
     }
 
     let r = Runner { a: &a, threads };
-    // The bf16 backward's row, where the CPU has it and f32 is the default.
-    let bf16 = {
+    // The training step runs in the backward's precision in force; where the
+    // CPU has bf16 dot products, a second row runs the other precision so the
+    // two are measured side by side.
+    let grad = qmul_kernels::grad_precision();
+    let other_grad = {
         let k = qmul_kernels::active();
-        k.sgemm_bf16.is_some()
-            && (k.detect_bf16)()
-            && qmul_kernels::requested_grad_precision() == GradPrecision::F32
+        (k.sgemm_bf16.is_some() && (k.detect_bf16)()).then_some(match grad {
+            GradPrecision::Bf16 => GradPrecision::F32,
+            GradPrecision::F32 => GradPrecision::Bf16,
+        })
     };
     if has("network") {
         println!(
@@ -299,9 +303,9 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                     "| {} | {} | {:.0} | {} | {} | {:.0} MB | {} | {} |",
                     net.label(),
                     if phase == "train" {
-                        "training step"
+                        format!("training step, {} backward", grad.name())
                     } else {
-                        "inference"
+                        "inference".into()
                     },
                     q.images_per_s,
                     if t.images_per_s > 0.0 {
@@ -318,11 +322,12 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
                     },
                     ratio(t.peak_rss_mb, q.peak_rss_mb)
                 );
-                if phase == "train" && bf16 {
-                    let b = r.qmul_with(phase, net, GradPrecision::Bf16)?;
+                if let (true, Some(g)) = (phase == "train", other_grad) {
+                    let b = r.qmul_with(phase, net, g)?;
                     println!(
-                        "| {} | training step, bf16 backward | {:.0} | | {} | {:.0} MB | | {} |",
+                        "| {} | training step, {} backward | {:.0} | | {} | {:.0} MB | | {} |",
                         net.label(),
+                        g.name(),
                         b.images_per_s,
                         ratio(b.images_per_s, t.images_per_s),
                         b.peak_rss_mb,
