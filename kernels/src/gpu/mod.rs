@@ -8,9 +8,17 @@
 //! without the CUDA driver gets a [`GpuError`] that says so (cubecl itself
 //! would panic on a device thread, where the caller cannot catch it).
 
+pub mod act;
+mod elementwise;
+mod loss;
+mod norm;
+pub mod ops;
 pub mod qgemm;
+mod reduce;
 pub mod sgemm;
 
+pub use act::ActQuant;
+pub use ops::BnStats;
 pub use qgemm::Tile;
 
 use crate::{BMat, QGemm, SGemm};

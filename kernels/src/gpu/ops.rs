@@ -1,0 +1,681 @@
+//! The training step's operations other than the GEMMs, on device buffers
+//! ([`Buf`]): activation quantizers, BatchNorm, the residual add, pooling,
+//! the loss, SGD, and the reductions that Similar Labels, AGR and the
+//! metrics need. Each checks its buffers' sizes, launches and returns
+//! without waiting (the device runs launches in order); results stay on the
+//! device until a caller downloads them. `runtime/tests/gpu_ops.rs` runs
+//! each against the runtime's CPU function of the same name.
+
+use super::act::{self, ActQuant};
+use super::elementwise as ew;
+use super::reduce::{self, UNITS};
+use super::{caught, check_operands, loss, norm, Buf, Client, Gpu, GpuError};
+use cubecl::prelude::*;
+
+/// A device buffer as a kernel argument.
+macro_rules! arg {
+    ($b:expr) => {
+        // SAFETY: every launch below first checks (`check_operands`) that
+        // each buffer holds the elements its kernel indexes.
+        unsafe { ArrayArg::from_raw_parts($b.handle.clone(), $b.len) }
+    };
+}
+
+/// Runs `$body` with `$cl` the client and `R` its runtime type, turning a
+/// panic inside cubecl into an error.
+macro_rules! launch {
+    ($gpu:expr, |$cl:ident, $r:ident| $body:expr) => {
+        match &$gpu.client {
+            Client::Wgpu($cl) => {
+                type $r = cubecl::wgpu::WgpuRuntime;
+                caught(|| $body)?
+            }
+            #[cfg(feature = "cuda")]
+            Client::Cuda($cl) => {
+                type $r = cubecl::cuda::CudaRuntime;
+                caught(|| $body)?
+            }
+        }
+    };
+}
+
+/// The cubes of [`UNITS`] units covering `units` units, as a 2-D grid (a
+/// dimension holds at most 65,535 cubes), and how many cubes that is.
+fn grid_1d(op: &str, units: usize) -> Result<(CubeCount, CubeDim, usize), GpuError> {
+    let cubes = units.div_ceil(UNITS as usize).max(1);
+    let x = cubes.min(65_535);
+    let y = cubes.div_ceil(x);
+    if y > 65_535 {
+        return Err(GpuError(format!(
+            "{op} on the GPU: {units} units are too many"
+        )));
+    }
+    Ok((
+        CubeCount::Static(x as u32, y as u32, 1),
+        CubeDim::new_1d(UNITS),
+        x * y,
+    ))
+}
+
+/// The grid of one cube per item (channel), and its cube count.
+fn grid_per_item(op: &str, items: usize) -> Result<(CubeCount, CubeDim, usize), GpuError> {
+    grid_1d(op, items * UNITS as usize)
+}
+
+/// A BatchNorm's batch (or running) statistics on the device, `c` each.
+pub struct BnStats {
+    pub mean: Buf,
+    pub var: Buf,
+    pub invstd: Buf,
+}
+
+impl Gpu {
+    /// `n` 32-bit words (floats or codes) on the device, contents undefined:
+    /// for outputs a kernel writes whole.
+    pub fn scratch(&self, n: usize) -> Buf {
+        let n = n.max(1);
+        let handle = match &self.client {
+            Client::Wgpu(cl) => cl.empty(4 * n),
+            #[cfg(feature = "cuda")]
+            Client::Cuda(cl) => cl.empty(4 * n),
+        };
+        Buf { handle, len: n }
+    }
+
+    /// `n` zeros on the device.
+    pub fn zeros(&self, n: usize) -> Result<Buf, GpuError> {
+        let b = self.scratch(n);
+        self.fill(&b, n, 0.0)?;
+        Ok(b)
+    }
+
+    pub fn upload_u32(&self, v: &[u32]) -> Buf {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.upload_bytes(&bytes)
+    }
+
+    /// The first `len` words of `b` as `u32`.
+    pub fn download_u32(&self, b: &Buf, len: usize) -> Result<Vec<u32>, GpuError> {
+        Ok(self
+            .download_f32(b, len)?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect())
+    }
+
+    /// The first `len` bytes of `b` (packed codes).
+    pub fn download_bytes(&self, b: &Buf, len: usize) -> Result<Vec<u8>, GpuError> {
+        let words = self.download_u32(b, len.div_ceil(4))?;
+        let mut v: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        v.truncate(len);
+        Ok(v)
+    }
+
+    /// `out[..n] = value`.
+    pub fn fill(&self, out: &Buf, n: usize, value: f32) -> Result<(), GpuError> {
+        check_operands("fill", &[("out", out, n)], n)?;
+        let (count, dim, _) = grid_1d("fill", n)?;
+        launch!(self, |cl, R| reduce::fill_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(out),
+            n as u32,
+            value
+        ));
+        Ok(())
+    }
+
+    /// Adds the cubes' partial sums (`stride` per cube, the first `lanes`
+    /// of them used) into `out[out_off..]`, lane `l` times `factors[l]`.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_sums(
+        &self,
+        partials: &Buf,
+        cubes: usize,
+        stride: u32,
+        lanes: u32,
+        out: &Buf,
+        out_off: usize,
+        factors: [f32; 2],
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "sum",
+            &[
+                ("partials", partials, cubes * stride as usize),
+                ("out", out, out_off + lanes as usize),
+            ],
+            cubes * stride as usize + out_off,
+        )?;
+        launch!(self, |cl, R| reduce::finish_sums_kernel::launch::<R>(
+            cl,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(UNITS),
+            arg!(partials),
+            arg!(out),
+            cubes as u32,
+            out_off as u32,
+            factors[0],
+            factors[1],
+            stride,
+            lanes
+        ));
+        Ok(())
+    }
+
+    /// `out[out_off] += sum x[i]^2` over `x[..n]` (a tensor's squared L2
+    /// norm: AGR's gradient norms).
+    pub fn sum_squares(
+        &self,
+        x: &Buf,
+        n: usize,
+        out: &Buf,
+        out_off: usize,
+    ) -> Result<(), GpuError> {
+        check_operands("sum_squares", &[("x", x, n)], n)?;
+        let (count, dim, cubes) = grid_1d("sum_squares", n)?;
+        let partials = self.scratch(cubes);
+        launch!(self, |cl, R| reduce::sum_squares_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(partials),
+            n as u32
+        ));
+        self.finish_sums(&partials, cubes, 1, 1, out, out_off, [1.0, 0.0])
+    }
+
+    /// The 4-bit codes of an activation quantizer's forward on `x[..n]`,
+    /// packed eight to a word of `out` (`n.div_ceil(8)` words; the CPU's
+    /// byte order), its parameters at `q[q_off..]`.
+    pub fn act_codes(
+        &self,
+        quant: ActQuant,
+        x: &Buf,
+        n: usize,
+        q: (&Buf, usize),
+        out: &Buf,
+    ) -> Result<(), GpuError> {
+        if quant == ActQuant::Relu {
+            return Err(GpuError("act_codes: a ReLU has no codes".into()));
+        }
+        let words = n.div_ceil(8);
+        check_operands(
+            "act_codes",
+            &[
+                ("x", x, n),
+                ("q", q.0, q.1 + quant.params()),
+                ("out", out, words),
+            ],
+            n,
+        )?;
+        let (count, dim, _) = grid_1d("act_codes", words)?;
+        launch!(self, |cl, R| act::act_codes_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(q.0),
+            arg!(out),
+            n as u32,
+            q.1 as u32,
+            quant.code()
+        ));
+        Ok(())
+    }
+
+    /// The straight-through backward of an activation quantizer at inputs
+    /// `x[..n]` with output gradient `dy`: writes `dx` and adds the
+    /// parameter gradients into `dq[dq_off..]` (LSQ's scaled by
+    /// `1 / sqrt(features * 15)`, `features` the elements per sample).
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_backward(
+        &self,
+        quant: ActQuant,
+        x: &Buf,
+        dy: &Buf,
+        n: usize,
+        q: (&Buf, usize),
+        dx: &Buf,
+        dq: (&Buf, usize),
+        features: usize,
+    ) -> Result<(), GpuError> {
+        let p = quant.params();
+        check_operands(
+            "act_backward",
+            &[
+                ("x", x, n),
+                ("dy", dy, n),
+                ("q", q.0, q.1 + p),
+                ("dx", dx, n),
+                ("dq", dq.0, dq.1 + p),
+            ],
+            n,
+        )?;
+        let (count, dim, cubes) = grid_1d("act_backward", n)?;
+        let partials = self.scratch(2 * cubes);
+        launch!(self, |cl, R| act::act_backward_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(dy),
+            arg!(q.0),
+            arg!(dx),
+            arg!(partials),
+            n as u32,
+            q.1 as u32,
+            quant.code()
+        ));
+        match quant {
+            ActQuant::Relu => Ok(()),
+            ActQuant::Pact => self.finish_sums(&partials, cubes, 2, 1, dq.0, dq.1, [1.0, 0.0]),
+            ActQuant::Lsq => {
+                // The CPU scales the f64 sum by LSQ's gradient scale.
+                let g = (1.0 / ((features as f64) * 15.0).sqrt()) as f32;
+                self.finish_sums(&partials, cubes, 2, 1, dq.0, dq.1, [g, 0.0])
+            }
+            ActQuant::Dsq => self.finish_sums(&partials, cubes, 2, 2, dq.0, dq.1, [1.0, 1.0]),
+        }
+    }
+
+    /// BatchNorm's batch statistics of `x` (`rows x c`).
+    pub fn bn_stats(&self, x: &Buf, rows: usize, c: usize, eps: f32) -> Result<BnStats, GpuError> {
+        check_operands("bn_stats", &[("x", x, rows * c)], rows * c)?;
+        if rows == 0 || c == 0 {
+            return Err(GpuError("bn_stats: an empty batch".into()));
+        }
+        let st = BnStats {
+            mean: self.scratch(c),
+            var: self.scratch(c),
+            invstd: self.scratch(c),
+        };
+        let (count, dim, _) = grid_per_item("bn_stats", c)?;
+        launch!(self, |cl, R| norm::bn_stats_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(st.mean),
+            arg!(st.var),
+            arg!(st.invstd),
+            rows as u32,
+            c as u32,
+            eps
+        ));
+        Ok(st)
+    }
+
+    /// Moves the running statistics towards `st`'s (a batch of `rows`).
+    pub fn bn_update_running(
+        &self,
+        st: &BnStats,
+        rows: usize,
+        c: usize,
+        momentum: f32,
+        running: (&Buf, &Buf),
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "bn_update_running",
+            &[
+                ("mean", &st.mean, c),
+                ("var", &st.var, c),
+                ("running mean", running.0, c),
+                ("running var", running.1, c),
+            ],
+            c,
+        )?;
+        let unbias = if rows > 1 {
+            rows as f32 / (rows - 1) as f32
+        } else {
+            1.0
+        };
+        let (count, dim, _) = grid_1d("bn_update_running", c)?;
+        launch!(self, |cl, R| norm::bn_running_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(st.mean),
+            arg!(st.var),
+            arg!(running.0),
+            arg!(running.1),
+            c as u32,
+            momentum,
+            unbias
+        ));
+        Ok(())
+    }
+
+    /// `y = gamma * (x - mean) * invstd + beta` (`rows x c`), and `max(y, 0)`
+    /// when `relu`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_apply(
+        &self,
+        x: &Buf,
+        rows: usize,
+        c: usize,
+        gamma: &Buf,
+        beta: &Buf,
+        st: &BnStats,
+        relu: bool,
+        y: &Buf,
+    ) -> Result<(), GpuError> {
+        let n = rows * c;
+        check_operands(
+            "bn_apply",
+            &[
+                ("x", x, n),
+                ("gamma", gamma, c),
+                ("beta", beta, c),
+                ("mean", &st.mean, c),
+                ("invstd", &st.invstd, c),
+                ("y", y, n),
+            ],
+            n,
+        )?;
+        let (count, dim, _) = grid_1d("bn_apply", n)?;
+        launch!(self, |cl, R| norm::bn_apply_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(gamma),
+            arg!(beta),
+            arg!(st.mean),
+            arg!(st.invstd),
+            arg!(y),
+            n as u32,
+            c as u32,
+            relu
+        ));
+        Ok(())
+    }
+
+    /// Training-mode BatchNorm backward: writes `dx`, adds into `dgamma`
+    /// and `dbeta`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn bn_backward(
+        &self,
+        x: &Buf,
+        dy: &Buf,
+        rows: usize,
+        c: usize,
+        gamma: &Buf,
+        st: &BnStats,
+        dgamma: &Buf,
+        dbeta: &Buf,
+        dx: &Buf,
+    ) -> Result<(), GpuError> {
+        let n = rows * c;
+        check_operands(
+            "bn_backward",
+            &[
+                ("x", x, n),
+                ("dy", dy, n),
+                ("gamma", gamma, c),
+                ("mean", &st.mean, c),
+                ("invstd", &st.invstd, c),
+                ("dgamma", dgamma, c),
+                ("dbeta", dbeta, c),
+                ("dx", dx, n),
+            ],
+            n,
+        )?;
+        if rows == 0 || c == 0 {
+            return Err(GpuError("bn_backward: an empty batch".into()));
+        }
+        let sums = self.scratch(2 * c);
+        let (count, dim, _) = grid_per_item("bn_backward", c)?;
+        launch!(self, |cl, R| norm::bn_backward_sums_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(dy),
+            arg!(st.mean),
+            arg!(st.invstd),
+            arg!(sums),
+            arg!(dgamma),
+            arg!(dbeta),
+            rows as u32,
+            c as u32
+        ));
+        let (count, dim, _) = grid_1d("bn_backward", n)?;
+        launch!(self, |cl, R| norm::bn_backward_dx_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(dy),
+            arg!(gamma),
+            arg!(st.mean),
+            arg!(st.invstd),
+            arg!(sums),
+            arg!(dx),
+            n as u32,
+            c as u32,
+            rows as f32
+        ));
+        Ok(())
+    }
+
+    /// `y = a + b` over `n` elements (the residual add).
+    pub fn add(&self, a: &Buf, b: &Buf, n: usize, y: &Buf) -> Result<(), GpuError> {
+        check_operands("add", &[("a", a, n), ("b", b, n), ("y", y, n)], n)?;
+        let (count, dim, _) = grid_1d("add", n)?;
+        launch!(self, |cl, R| ew::add_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(a),
+            arg!(b),
+            arg!(y),
+            n as u32
+        ));
+        Ok(())
+    }
+
+    /// Global average pooling `[n, hw, c] -> [n, c]`.
+    pub fn gap_forward(
+        &self,
+        x: &Buf,
+        n: usize,
+        hw: usize,
+        c: usize,
+        y: &Buf,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "gap_forward",
+            &[("x", x, n * hw * c), ("y", y, n * c)],
+            n * hw * c,
+        )?;
+        let (count, dim, _) = grid_1d("gap_forward", n * c)?;
+        launch!(self, |cl, R| ew::gap_forward_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(y),
+            n as u32,
+            hw as u32,
+            c as u32
+        ));
+        Ok(())
+    }
+
+    /// The pooling's backward: `dy` (`[n, c]`) spread over the positions.
+    pub fn gap_backward(
+        &self,
+        dy: &Buf,
+        n: usize,
+        hw: usize,
+        c: usize,
+        dx: &Buf,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "gap_backward",
+            &[("dy", dy, n * c), ("dx", dx, n * hw * c)],
+            n * hw * c,
+        )?;
+        let (count, dim, _) = grid_1d("gap_backward", n * hw * c)?;
+        launch!(self, |cl, R| ew::gap_backward_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(dy),
+            arg!(dx),
+            n as u32,
+            hw as u32,
+            c as u32
+        ));
+        Ok(())
+    }
+
+    /// One SGD update of `p[..n]` from `g` with momentum buffer `v`, the
+    /// gradient scaled by `mask` when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgd(
+        &self,
+        p: &Buf,
+        g: &Buf,
+        v: &Buf,
+        mask: Option<&Buf>,
+        n: usize,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<(), GpuError> {
+        let m = mask.unwrap_or(g);
+        check_operands(
+            "sgd",
+            &[("p", p, n), ("g", g, n), ("v", v, n), ("mask", m, n)],
+            n,
+        )?;
+        let (count, dim, _) = grid_1d("sgd", n)?;
+        launch!(self, |cl, R| ew::sgd_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(p),
+            arg!(g),
+            arg!(v),
+            arg!(m),
+            n as u32,
+            lr,
+            momentum,
+            weight_decay,
+            mask.is_some()
+        ));
+        Ok(())
+    }
+
+    /// Weighted softmax cross-entropy of `logits` (`n x classes`): writes the
+    /// gradient and adds the loss (the mean over the rows) into
+    /// `loss[loss_off]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weighted_ce(
+        &self,
+        logits: &Buf,
+        targets: &Buf,
+        weights: &Buf,
+        n: usize,
+        classes: usize,
+        grad: &Buf,
+        loss: (&Buf, usize),
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "weighted_ce",
+            &[
+                ("logits", logits, n * classes),
+                ("targets", targets, n),
+                ("weights", weights, n),
+                ("grad", grad, n * classes),
+                ("loss", loss.0, loss.1 + 1),
+            ],
+            n * classes,
+        )?;
+        if n == 0 || classes == 0 {
+            return Err(GpuError("weighted_ce: an empty batch".into()));
+        }
+        let rows = self.scratch(n);
+        let (count, dim, _) = grid_1d("weighted_ce", n)?;
+        launch!(self, |cl, R| super::loss::weighted_ce_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(logits),
+            arg!(targets),
+            arg!(weights),
+            arg!(grad),
+            arg!(rows),
+            n as u32,
+            classes as u32
+        ));
+        self.finish_sums(&rows, n, 1, 1, loss.0, loss.1, [1.0 / n as f32, 0.0])
+    }
+
+    /// Softmax probabilities of every row of `logits` (`n x classes`).
+    pub fn softmax(
+        &self,
+        logits: &Buf,
+        n: usize,
+        classes: usize,
+        probs: &Buf,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "softmax",
+            &[
+                ("logits", logits, n * classes),
+                ("probs", probs, n * classes),
+            ],
+            n * classes,
+        )?;
+        if classes == 0 {
+            return Err(GpuError("softmax: no classes".into()));
+        }
+        let (count, dim, _) = grid_1d("softmax", n)?;
+        launch!(self, |cl, R| loss::softmax_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(logits),
+            arg!(probs),
+            n as u32,
+            classes as u32
+        ));
+        Ok(())
+    }
+
+    /// Similar Labels of `n` rows of probabilities with true `labels`.
+    pub fn similar_labels(
+        &self,
+        probs: &Buf,
+        labels: &Buf,
+        n: usize,
+        classes: usize,
+        out: &Buf,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "similar_labels",
+            &[
+                ("probs", probs, n * classes),
+                ("labels", labels, n),
+                ("out", out, n),
+            ],
+            n * classes,
+        )?;
+        let (count, dim, _) = grid_1d("similar_labels", n)?;
+        launch!(self, |cl, R| loss::similar_labels_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(probs),
+            arg!(labels),
+            arg!(out),
+            n as u32,
+            classes as u32
+        ));
+        Ok(())
+    }
+}

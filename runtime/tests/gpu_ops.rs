@@ -1,0 +1,488 @@
+//! The GPU kernels of the training step other than the GEMMs, each against
+//! the runtime's CPU function it stands for (feature `gpu`; on lavapipe in
+//! CI, `.ci/run`). Without a GPU the tests print why and pass, unless
+//! `QMUL_GPU_REQUIRED=1`.
+//!
+//! Budgets, and why:
+//! - exact (bit for bit): the activation codes of PACT, LSQ and DSQ (the
+//!   same operations as the CPU; lavapipe and CUDA divide correctly
+//!   rounded), the PACT/LSQ/ReLU input gradients (selections of `dy`), the
+//!   residual add, pooling (the same sums in the same order), Similar
+//!   Labels from the same probabilities, SGD (no fused multiply-add on
+//!   lavapipe; a device that fuses moves a value by an ulp);
+//! - within float rounding: sums the CPU takes in f64 and the GPU in f32
+//!   in another order (BatchNorm statistics and channel sums, the
+//!   quantizers' parameter gradients, squared norms, the mean loss), and
+//!   the transcendental functions (DSQ's tanh and log, softmax's exp): a
+//!   relative error of at most `1e-4` of the terms' magnitude.
+#![cfg(feature = "gpu")]
+
+use qmul_kernels::gpu::{ActQuant, Backend, Buf, Gpu};
+use qmul_runtime::graph::QuantScheme;
+use qmul_runtime::ops::{bn, loss, pool};
+use qmul_runtime::quant::act;
+use qmul_runtime::rng::Rng;
+
+fn gpu() -> Option<Gpu> {
+    let backend = match std::env::var("QMUL_GPU_BACKEND") {
+        Ok(s) => Backend::parse(&s).unwrap_or_else(|| panic!("QMUL_GPU_BACKEND={s}: wgpu or cuda")),
+        Err(_) => Backend::Wgpu,
+    };
+    match Gpu::open(backend) {
+        Ok(g) => {
+            eprintln!("GPU: {}", g.name());
+            Some(g)
+        }
+        Err(e) if std::env::var("QMUL_GPU_REQUIRED").as_deref() == Ok("1") => {
+            panic!("QMUL_GPU_REQUIRED=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: no GPU to test on ({e})");
+            None
+        }
+    }
+}
+
+fn uniform(r: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| lo + (hi - lo) * r.uniform() as f32)
+        .collect()
+}
+
+/// An output buffer filled with NaN, so a kernel that writes nothing fails.
+fn poisoned(g: &Gpu, n: usize) -> Buf {
+    let b = g.scratch(n);
+    g.fill(&b, n, f32::NAN).unwrap();
+    b
+}
+
+fn down(g: &Gpu, b: &Buf, n: usize) -> Vec<f32> {
+    g.download_f32(b, n).unwrap()
+}
+
+fn bits_equal(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "{what}[{i}]: {a} on the GPU, {b} on the CPU"
+        );
+    }
+}
+
+/// `|got - want| <= 1e-4 * scale` element by element, `scale` the terms'
+/// magnitude (at least the value's own).
+fn close(what: &str, got: &[f32], want: &[f32], scale: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for i in 0..got.len() {
+        let s = scale[i % scale.len()].max(want[i].abs()).max(1e-6);
+        assert!(
+            (got[i] - want[i]).abs() <= 1e-4 * s,
+            "{what}[{i}]: {} on the GPU, {} on the CPU (scale {s})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+fn schemes() -> [(ActQuant, QuantScheme, Vec<f32>); 3] {
+    [
+        (ActQuant::Pact, QuantScheme::Pact, vec![2.3]),
+        (ActQuant::Lsq, QuantScheme::Lsq, vec![0.17]),
+        (ActQuant::Dsq, QuantScheme::Dsq, vec![2.1, 0.3]),
+    ]
+}
+
+/// Codes of every quantizer at lengths with partial words and several
+/// cubes, inputs across and beyond the range, NaN, infinities, exact ties:
+/// the CPU's packed bytes exactly.
+#[test]
+fn activation_codes_equal_the_cpu_codes() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(1);
+    for (quant, scheme, q) in schemes() {
+        let step = act::scale(scheme, &q);
+        for n in [1usize, 7, 8, 9, 1001, 70_003] {
+            let mut x = uniform(&mut r, n, -1.0, 3.0 * q[0].max(1.0));
+            for (i, v) in [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -0.0,
+                2.5 * step,
+                3.5 * step,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if i < n {
+                    x[(i * 131) % n] = v;
+                }
+            }
+            let mut want = vec![0u8; n.div_ceil(2)];
+            act::quantize_packed(scheme, &q, &x, &mut want);
+            // The parameters sit after another layer's in the buffer.
+            let mut qs = vec![9.0f32];
+            qs.extend(&q);
+            let (xb, qb, out) = (
+                g.upload_f32(&x),
+                g.upload_f32(&qs),
+                poisoned(&g, n.div_ceil(8)),
+            );
+            g.act_codes(quant, &xb, n, (&qb, 1), &out).unwrap();
+            let got = g.download_bytes(&out, n.div_ceil(2)).unwrap();
+            assert_eq!(got, want, "{quant:?} n {n}");
+        }
+    }
+}
+
+/// The straight-through backward: `dx` exactly for ReLU, PACT and LSQ
+/// (selections of `dy`), within the budget for DSQ; the parameter
+/// gradients within the budget of their sums.
+#[test]
+fn activation_backward_matches_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(2);
+    let mut cases = vec![(ActQuant::Relu, QuantScheme::None, vec![])];
+    cases.extend(schemes());
+    for (quant, scheme, q) in cases {
+        for n in [1usize, 255, 257, 50_001] {
+            let hi = 3.0 * q.first().copied().unwrap_or(1.0).max(1.0);
+            let x = uniform(&mut r, n, -1.0, hi);
+            let dy = uniform(&mut r, n, -1.0, 1.0);
+            let features = 97;
+            let mut dx = vec![0.0f32; n];
+            let mut dq = vec![0.25f32; q.len()];
+            act::backward(scheme, &q, &x, &dy, &mut dx, &mut dq, features);
+            let (xb, dyb, qb) = (g.upload_f32(&x), g.upload_f32(&dy), g.upload_f32(&q));
+            let dxb = poisoned(&g, n);
+            let dqb = g.upload_f32(&vec![0.25f32; q.len().max(1)]);
+            g.act_backward(quant, &xb, &dyb, n, (&qb, 0), &dxb, (&dqb, 0), features)
+                .unwrap();
+            let got = down(&g, &dxb, n);
+            if quant == ActQuant::Dsq {
+                close(&format!("{quant:?} dx n {n}"), &got, &dx, &[1.0]);
+            } else {
+                bits_equal(&format!("{quant:?} dx n {n}"), &got, &dx);
+            }
+            if !q.is_empty() {
+                // Each term is at most 15 |dy| (LSQ above the range); their
+                // sum's scale is the sum of |dy| times that.
+                let mag: f32 = dy.iter().map(|v| v.abs()).sum::<f32>() * 15.0;
+                let gq = down(&g, &dqb, q.len());
+                close(&format!("{quant:?} dq n {n}"), &gq, &dq, &[mag]);
+            }
+        }
+    }
+}
+
+/// Batch statistics, the normalisation (with and without ReLU), the
+/// running-statistics update and the training-mode backward against
+/// `ops::bn`, for channel counts of the network and batches of 1 to 2,048
+/// rows.
+#[test]
+fn batchnorm_matches_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(3);
+    for (rows, c) in [(1usize, 4usize), (37, 16), (2048, 64), (300, 3)] {
+        let n = rows * c;
+        let x = uniform(&mut r, n, -2.0, 5.0);
+        let dy = uniform(&mut r, n, -1.0, 1.0);
+        let gamma = uniform(&mut r, c, 0.5, 1.5);
+        let beta = uniform(&mut r, c, -0.5, 0.5);
+        let st = bn::batch_stats(&x, c);
+        let (xb, dyb, gb, bb) = (
+            g.upload_f32(&x),
+            g.upload_f32(&dy),
+            g.upload_f32(&gamma),
+            g.upload_f32(&beta),
+        );
+        let gs = g.bn_stats(&xb, rows, c, bn::EPS).unwrap();
+        let what = format!("{rows} x {c}");
+        close(
+            &format!("mean {what}"),
+            &down(&g, &gs.mean, c),
+            &st.mean,
+            &[5.0],
+        );
+        close(
+            &format!("var {what}"),
+            &down(&g, &gs.var, c),
+            &st.var,
+            &[25.0],
+        );
+        close(
+            &format!("invstd {what}"),
+            &down(&g, &gs.invstd, c),
+            &st.invstd,
+            &[1.0],
+        );
+        // The rest from the CPU's statistics, so each kernel is held to its
+        // own budget.
+        let cs = qmul_kernels::gpu::BnStats {
+            mean: g.upload_f32(&st.mean),
+            var: g.upload_f32(&st.var),
+            invstd: g.upload_f32(&st.invstd),
+        };
+        for relu in [false, true] {
+            let want = if relu {
+                bn::apply_relu(&x, &gamma, &beta, &st)
+            } else {
+                bn::apply(&x, &gamma, &beta, &st)
+            };
+            let yb = poisoned(&g, n);
+            g.bn_apply(&xb, rows, c, &gb, &bb, &cs, relu, &yb).unwrap();
+            close(
+                &format!("apply {what} relu {relu}"),
+                &down(&g, &yb, n),
+                &want,
+                &[1.0],
+            );
+        }
+        let (mut rm, mut rv) = (uniform(&mut r, c, -1.0, 1.0), uniform(&mut r, c, 0.5, 2.0));
+        let (rmb, rvb) = (g.upload_f32(&rm), g.upload_f32(&rv));
+        bn::update_running(&st, rows, &mut rm, &mut rv);
+        g.bn_update_running(&cs, rows, c, bn::MOMENTUM, (&rmb, &rvb))
+            .unwrap();
+        close(
+            &format!("running mean {what}"),
+            &down(&g, &rmb, c),
+            &rm,
+            &[1.0],
+        );
+        close(
+            &format!("running var {what}"),
+            &down(&g, &rvb, c),
+            &rv,
+            &[1.0],
+        );
+        let (mut dgamma, mut dbeta) = (vec![0.5f32; c], vec![-0.5f32; c]);
+        let dx = bn::backward(&x, &dy, &gamma, &st, &mut dgamma, &mut dbeta);
+        let (dgb, dbb, dxb) = (
+            g.upload_f32(&vec![0.5f32; c]),
+            g.upload_f32(&vec![-0.5f32; c]),
+            poisoned(&g, n),
+        );
+        g.bn_backward(&xb, &dyb, rows, c, &gb, &cs, &dgb, &dbb, &dxb)
+            .unwrap();
+        // Sums over the rows: their scale is rows times a term's.
+        let sum_scale = rows as f32 * 3.0;
+        close(
+            &format!("dgamma {what}"),
+            &down(&g, &dgb, c),
+            &dgamma,
+            &[sum_scale],
+        );
+        close(
+            &format!("dbeta {what}"),
+            &down(&g, &dbb, c),
+            &dbeta,
+            &[sum_scale],
+        );
+        close(&format!("dx {what}"), &down(&g, &dxb, n), &dx, &[3.0]);
+    }
+}
+
+/// The residual add and global average pooling (forward, backward): the
+/// CPU's results bit for bit.
+#[test]
+fn add_and_pooling_equal_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(4);
+    for (n, hw, c) in [
+        (1usize, 1usize, 1usize),
+        (3, 49, 16),
+        (128, 16, 64),
+        (5, 64, 512),
+    ] {
+        let len = n * hw * c;
+        let a = uniform(&mut r, len, -1.0, 1.0);
+        let b = uniform(&mut r, len, -1.0, 1.0);
+        let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        let (ab, bb, yb) = (g.upload_f32(&a), g.upload_f32(&b), poisoned(&g, len));
+        g.add(&ab, &bb, len, &yb).unwrap();
+        bits_equal("add", &down(&g, &yb, len), &want);
+        let pooled = pool::gap_forward(&a, n, hw, c);
+        let pb = poisoned(&g, n * c);
+        g.gap_forward(&ab, n, hw, c, &pb).unwrap();
+        bits_equal(&format!("gap {n}x{hw}x{c}"), &down(&g, &pb, n * c), &pooled);
+        let dy = uniform(&mut r, n * c, -1.0, 1.0);
+        let dx = pool::gap_backward(&dy, n, hw, c);
+        let (dyb, dxb) = (g.upload_f32(&dy), poisoned(&g, len));
+        g.gap_backward(&dyb, n, hw, c, &dxb).unwrap();
+        bits_equal(
+            &format!("gap backward {n}x{hw}x{c}"),
+            &down(&g, &dxb, len),
+            &dx,
+        );
+    }
+}
+
+/// Weighted cross-entropy (negative weights: gradient ascent), softmax,
+/// and Similar Labels from the same probabilities.
+#[test]
+fn loss_softmax_and_similar_labels_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(5);
+    for (n, classes) in [(1usize, 10usize), (64, 10), (300, 100)] {
+        let logits = uniform(&mut r, n * classes, -8.0, 8.0);
+        let targets: Vec<u32> = (0..n).map(|_| r.below(classes) as u32).collect();
+        let weights: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 4 == 3 {
+                    -0.5
+                } else {
+                    1.0 + r.uniform() as f32
+                }
+            })
+            .collect();
+        let (want_loss, want_grad) = loss::weighted_ce(&logits, classes, &targets, &weights);
+        let (lb, tb, wb) = (
+            g.upload_f32(&logits),
+            g.upload_u32(&targets),
+            g.upload_f32(&weights),
+        );
+        let (gb, lossb) = (poisoned(&g, n * classes), g.zeros(1).unwrap());
+        g.weighted_ce(&lb, &tb, &wb, n, classes, &gb, (&lossb, 0))
+            .unwrap();
+        let what = format!("{n} x {classes}");
+        close(
+            &format!("grad {what}"),
+            &down(&g, &gb, n * classes),
+            &want_grad,
+            &[1.0 / n as f32],
+        );
+        close(
+            &format!("loss {what}"),
+            &down(&g, &lossb, 1),
+            &[want_loss],
+            &[20.0],
+        );
+        let want_p: Vec<f32> = logits.chunks(classes).flat_map(loss::softmax).collect();
+        let pb = poisoned(&g, n * classes);
+        g.softmax(&lb, n, classes, &pb).unwrap();
+        close(
+            &format!("softmax {what}"),
+            &down(&g, &pb, n * classes),
+            &want_p,
+            &[1.0],
+        );
+        let want_sl = qmul_runtime::unlearn::similar_labels(&want_p, classes, &targets);
+        let (cpu_p, out) = (g.upload_f32(&want_p), poisoned(&g, n));
+        g.similar_labels(&cpu_p, &tb, n, classes, &out).unwrap();
+        assert_eq!(
+            g.download_u32(&out, n).unwrap(),
+            want_sl,
+            "similar labels {what}"
+        );
+    }
+}
+
+/// SGD (momentum, weight decay, SalUn's mask) on a tiny model's parameters
+/// against `optim::Sgd::step`, and AGR's squared gradient norms against
+/// `unlearn::grad_norm_sum`.
+#[test]
+fn sgd_and_gradient_norms_match_the_cpu() {
+    use qmul_runtime::graph::Precision;
+    use qmul_runtime::{InitOptions, Model};
+    let Some(g) = gpu() else { return };
+    let graph = qmul_runtime::Graph {
+        nodes: vec![
+            qmul_runtime::Op::Input { h: 4, w: 4, c: 3 },
+            qmul_runtime::Op::Conv {
+                name: "c".into(),
+                input: 0,
+                cout: 8,
+                k: 3,
+                stride: 1,
+                pad: 1,
+                prec: Precision::F32,
+            },
+            qmul_runtime::Op::GlobalAvgPool { input: 1 },
+            qmul_runtime::Op::Linear {
+                name: "fc".into(),
+                input: 2,
+                out: 10,
+                prec: Precision::F32,
+            },
+        ],
+        scheme: QuantScheme::None,
+        classes: 10,
+    };
+    let opts = InitOptions {
+        seed: 1,
+        pact_init: 2.0,
+    };
+    let mut model = Model::new(graph, opts).unwrap();
+    let mut r = Rng::new(6);
+    let grads: Vec<Vec<f32>> = model
+        .params
+        .iter()
+        .map(|t| uniform(&mut r, t.data.len(), -1.0, 1.0))
+        .collect();
+    let mask: Vec<Vec<f32>> = grads
+        .iter()
+        .map(|t| t.iter().map(|_| (r.below(2)) as f32).collect())
+        .collect();
+    for masked in [false, true] {
+        let mut m = model.clone();
+        let start: Vec<Buf> = m.params.iter().map(|t| g.upload_f32(&t.data)).collect();
+        let vel: Vec<Buf> = m
+            .params
+            .iter()
+            .map(|t| g.zeros(t.data.len()).unwrap())
+            .collect();
+        let mut sgd = qmul_runtime::optim::Sgd::new(&m, 0.05, 0.9, 5e-4);
+        for _ in 0..3 {
+            sgd.step(&mut m, &grads, masked.then_some(&mask[..]));
+            for (t, ((p, v), gr)) in start.iter().zip(&vel).zip(&grads).enumerate() {
+                let gb = g.upload_f32(gr);
+                let mb = g.upload_f32(&mask[t]);
+                g.sgd(p, &gb, v, masked.then_some(&mb), gr.len(), 0.05, 0.9, 5e-4)
+                    .unwrap();
+            }
+        }
+        for (t, p) in start.iter().enumerate() {
+            let want = &m.params[t].data;
+            bits_equal(
+                &format!("sgd tensor {t} masked {masked}"),
+                &down(&g, p, want.len()),
+                want,
+            );
+        }
+    }
+    let norms = g.zeros(grads.len()).unwrap();
+    for (t, gr) in grads.iter().enumerate() {
+        g.sum_squares(&g.upload_f32(gr), gr.len(), &norms, t)
+            .unwrap();
+    }
+    let got: f64 = down(&g, &norms, grads.len())
+        .iter()
+        .map(|&s| (s as f64).sqrt())
+        .sum();
+    let want = qmul_runtime::unlearn::grad_norm_sum(&grads);
+    assert!((got - want).abs() <= 1e-4 * want, "{got} vs {want}");
+    model.params.clear();
+}
+
+/// Kernels over more than 65,535 cubes (a 2-D grid of cubes) reach every
+/// element; bad sizes are errors, not panics.
+#[test]
+fn large_grids_and_bad_sizes() {
+    let Some(g) = gpu() else { return };
+    let n = 65_536 * 256 + 300;
+    let b = poisoned(&g, n);
+    g.fill(&b, n, 1.5).unwrap();
+    let s = g.zeros(1).unwrap();
+    g.sum_squares(&b, n, &s, 0).unwrap();
+    let v = down(&g, &s, 1)[0] as f64;
+    let want = 2.25 * n as f64;
+    assert!((v - want).abs() <= 1e-4 * want, "{v} vs {want}");
+    let small = poisoned(&g, 10);
+    assert!(g.fill(&small, 11, 0.0).is_err());
+    assert!(g.add(&small, &small, 11, &small).is_err());
+    assert!(g.bn_stats(&small, 3, 4, 1e-5).is_err());
+    assert!(g
+        .act_codes(ActQuant::Relu, &small, 10, (&small, 0), &small)
+        .is_err());
+}
