@@ -486,3 +486,156 @@ fn large_grids_and_bad_sizes() {
         .act_codes(ActQuant::Relu, &small, 10, (&small, 0), &small)
         .is_err());
 }
+
+fn kinds() -> Vec<(
+    qmul_kernels::gpu::WeightQuant,
+    qmul_runtime::quant::weight::WeightQuant,
+)> {
+    use qmul_kernels::gpu::WeightQuant as G;
+    use qmul_runtime::quant::weight::WeightQuant as C;
+    vec![
+        (G::MaxAbs4, C::MaxAbs { qmax: 7.0 }),
+        (G::MaxAbs8, C::MaxAbs { qmax: 127.0 }),
+        (G::Lsq, C::Lsq),
+        (G::Dsq, C::Dsq),
+    ]
+}
+
+/// Weight codes and scales of every quantizer, in the integer GEMM's packed
+/// rows, against `quant::weight::quantize` and the CPU packing: bit for bit
+/// (an all-zero channel included); the backward against
+/// `quant::weight::backward` (`dw` exactly for max-abs and LSQ, the
+/// parameters' sums within the budget).
+#[test]
+fn weight_quantizers_match_the_cpu() {
+    use qmul_kernels::pack;
+    use qmul_runtime::quant::weight;
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(7);
+    for (gk, ck) in kinds() {
+        for (cout, k) in [(1usize, 1usize), (4, 27), (16, 144), (64, 576), (10, 513)] {
+            let mut w = uniform(&mut r, cout * k, -0.3, 0.3);
+            if cout > 2 {
+                w[k..2 * k].fill(0.0);
+            }
+            let q = weight::initial_params(ck, &w, cout);
+            let want = weight::quantize(ck, &q, &w, cout);
+            let want_rows: Vec<u8> = if gk.bits() == 4 {
+                pack::pack_s4(&want.codes, cout, k).unwrap()
+            } else {
+                pack::pad_rows_8bit(&want.codes, cout, k)
+                    .unwrap()
+                    .iter()
+                    .map(|&c| c as u8)
+                    .collect()
+            };
+            let rb = gk.row_bytes(k);
+            let (wb, qb) = (g.upload_f32(&w), g.upload_f32(&q));
+            let (codes, scale) = (poisoned(&g, cout * rb / 4), poisoned(&g, cout));
+            g.weight_codes(gk, &wb, cout, k, (&qb, 0), &codes, &scale)
+                .unwrap();
+            let what = format!("{gk:?} {cout} x {k}");
+            bits_equal(
+                &format!("scale {what}"),
+                &down(&g, &scale, cout),
+                &want.scale,
+            );
+            assert_eq!(
+                g.download_bytes(&codes, cout * rb).unwrap(),
+                want_rows,
+                "codes {what}"
+            );
+            let dwq = uniform(&mut r, cout * k, -1.0, 1.0);
+            let (mut dw, mut dq) = (vec![0.0f32; cout * k], vec![0.5f32; q.len()]);
+            weight::backward(ck, &q, &w, &dwq, cout, &mut dw, &mut dq);
+            let (dwqb, dwb) = (g.upload_f32(&dwq), poisoned(&g, cout * k));
+            let dqb = g.upload_f32(&vec![0.5f32; q.len().max(1)]);
+            g.weight_backward(gk, &wb, &dwqb, cout, k, (&qb, 0), &dwb, (&dqb, 0))
+                .unwrap();
+            let got = down(&g, &dwb, cout * k);
+            if gk == qmul_kernels::gpu::WeightQuant::Dsq {
+                close(&format!("dw {what}"), &got, &dw, &[1.0]);
+            } else {
+                bits_equal(&format!("dw {what}"), &got, &dw);
+            }
+            if !q.is_empty() {
+                let mag = dwq.iter().map(|v| v.abs()).sum::<f32>() * 8.0;
+                close(&format!("dq {what}"), &down(&g, &dqb, q.len()), &dq, &[mag]);
+            }
+        }
+    }
+}
+
+/// im2col of 4-bit and 8-bit codes (odd and even channel counts, strides
+/// 1 and 2, 1x1 and 3x3 kernels, padding) and col2im against
+/// `ops::im2col`: bit for bit.
+#[test]
+fn im2col_and_col2im_equal_the_cpu() {
+    use qmul_kernels::gpu::ConvShape;
+    use qmul_runtime::ops::im2col::{self, ConvGeom};
+    let Some(g) = gpu() else { return };
+    let mut r = Rng::new(8);
+    for &(n, h, cin, k, stride, pad) in &[
+        (1usize, 3usize, 1usize, 3usize, 1usize, 1usize),
+        (2, 28, 1, 3, 1, 1),
+        (3, 8, 16, 3, 2, 1),
+        (2, 7, 5, 3, 1, 1),
+        (4, 8, 32, 1, 2, 0),
+        (1, 5, 3, 3, 2, 0),
+    ] {
+        let cg = ConvGeom {
+            n,
+            h,
+            w: h,
+            cin,
+            cout: 8,
+            k,
+            stride,
+            pad,
+        };
+        let gs = ConvShape {
+            n,
+            h,
+            w: h,
+            cin,
+            k,
+            stride,
+            pad,
+        };
+        let what = format!("{cg:?}");
+        let len = n * h * h * cin;
+        for bits in [4u32, 8] {
+            let src: Vec<u8> = if bits == 4 {
+                (0..len.div_ceil(2)).map(|_| r.below(256) as u8).collect()
+            } else {
+                (0..len).map(|_| r.below(256) as u8).collect()
+            };
+            // A tightly packed odd-length tensor's last high nibble is 0.
+            let mut src = src;
+            if bits == 4 && len % 2 == 1 {
+                *src.last_mut().unwrap() &= 0x0f;
+            }
+            let want = if bits == 4 {
+                im2col::im2col_u4(&cg, &src)
+            } else {
+                im2col::im2col_u8(&cg, &src)
+            };
+            let sb = g.upload_bytes(&src);
+            let dst = poisoned(&g, want.len() / 4);
+            g.im2col_codes(bits, &sb, gs, &dst).unwrap();
+            assert_eq!(
+                g.download_bytes(&dst, want.len()).unwrap(),
+                want,
+                "{bits}-bit {what}"
+            );
+        }
+        let ld = cg.kdim() + 3;
+        let cols = uniform(&mut r, cg.m() * ld, -1.0, 1.0);
+        let start = uniform(&mut r, len, -1.0, 1.0);
+        let mut want = start.clone();
+        im2col::col2im_add(&cg, &cols, ld, &mut want);
+        let (cb, dxb) = (g.upload_f32(&cols), g.upload_f32(&start));
+        g.col2im_add(&cb, ld, gs, &dxb).unwrap();
+        bits_equal(&format!("col2im {what}"), &down(&g, &dxb, len), &want);
+    }
+}

@@ -9,6 +9,7 @@
 //! would panic on a device thread, where the caller cannot catch it).
 
 pub mod act;
+mod conv;
 mod elementwise;
 mod loss;
 mod norm;
@@ -16,9 +17,10 @@ pub mod ops;
 pub mod qgemm;
 mod reduce;
 pub mod sgemm;
+mod wquant;
 
 pub use act::ActQuant;
-pub use ops::BnStats;
+pub use ops::{BnStats, ConvShape, WeightQuant};
 pub use qgemm::Tile;
 
 use crate::{BMat, QGemm, SGemm};

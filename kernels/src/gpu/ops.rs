@@ -7,8 +7,10 @@
 //! each against the runtime's CPU function of the same name.
 
 use super::act::{self, ActQuant};
+use super::conv;
 use super::elementwise as ew;
 use super::reduce::{self, UNITS};
+use super::wquant;
 use super::{caught, check_operands, loss, norm, Buf, Client, Gpu, GpuError};
 use cubecl::prelude::*;
 
@@ -60,6 +62,91 @@ fn grid_1d(op: &str, units: usize) -> Result<(CubeCount, CubeDim, usize), GpuErr
 /// The grid of one cube per item (channel), and its cube count.
 fn grid_per_item(op: &str, items: usize) -> Result<(CubeCount, CubeDim, usize), GpuError> {
     grid_1d(op, items * UNITS as usize)
+}
+
+/// The geometry of a convolution: `n x h x w x cin` NHWC input, square
+/// kernel `k`, `stride`, zero padding `pad` (the runtime's `ConvGeom`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    pub fn oh(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn ow(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Rows of the column matrix (output pixels of the batch).
+    pub fn m(&self) -> usize {
+        self.n * self.oh() * self.ow()
+    }
+    /// Elements of a column row (weights per output channel).
+    pub fn kdim(&self) -> usize {
+        self.k * self.k * self.cin
+    }
+    fn valid(&self) -> bool {
+        self.k > 0
+            && self.stride > 0
+            && self.h + 2 * self.pad >= self.k
+            && self.w + 2 * self.pad >= self.k
+    }
+}
+
+/// A weight quantizer (the runtime's `WeightQuant` of a quantized layer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightQuant {
+    /// Max-abs, 4-bit (`qmax` 7; PACT models) or 8-bit (`qmax` 127; the stem
+    /// and the classifier).
+    MaxAbs4,
+    MaxAbs8,
+    /// LSQ, 4-bit: a step per channel.
+    Lsq,
+    /// DSQ, 4-bit: an upper clip per channel and one `alpha`.
+    Dsq,
+}
+
+impl WeightQuant {
+    pub fn bits(self) -> u32 {
+        if self == WeightQuant::MaxAbs8 {
+            8
+        } else {
+            4
+        }
+    }
+
+    /// Bytes of one packed row of `k` codes.
+    pub fn row_bytes(self, k: usize) -> usize {
+        if self.bits() == 8 {
+            crate::pack::row_bytes_8bit(k)
+        } else {
+            crate::pack::row_bytes_4bit(k)
+        }
+    }
+
+    /// Parameters of a layer of `cout` channels.
+    pub fn params(self, cout: usize) -> usize {
+        match self {
+            WeightQuant::MaxAbs4 | WeightQuant::MaxAbs8 => 0,
+            WeightQuant::Lsq => cout,
+            WeightQuant::Dsq => cout + 1,
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            WeightQuant::MaxAbs4 | WeightQuant::MaxAbs8 => wquant::MAXABS,
+            WeightQuant::Lsq => wquant::LSQ,
+            WeightQuant::Dsq => wquant::DSQ,
+        }
+    }
 }
 
 /// A BatchNorm's batch (or running) statistics on the device, `c` each.
@@ -675,6 +762,230 @@ impl Gpu {
             arg!(out),
             n as u32,
             classes as u32
+        ));
+        Ok(())
+    }
+
+    /// `dst[..n] = src[..n]`.
+    pub fn copy(&self, src: &Buf, dst: &Buf, n: usize) -> Result<(), GpuError> {
+        check_operands("copy", &[("src", src, n), ("dst", dst, n)], n)?;
+        let (count, dim, _) = grid_1d("copy", n)?;
+        launch!(self, |cl, R| reduce::copy_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(src),
+            arg!(dst),
+            n as u32
+        ));
+        Ok(())
+    }
+
+    /// Codes and per-channel scales of latent weights `w` (`cout x k`):
+    /// `codes` in the integer GEMM's packed rows (`kind.row_bytes(k) / 4`
+    /// words each), `scale` `cout` floats; the quantizer's parameters (LSQ,
+    /// DSQ) at `q.0[q.1..]`.
+    pub fn weight_codes(
+        &self,
+        kind: WeightQuant,
+        w: &Buf,
+        cout: usize,
+        k: usize,
+        q: (&Buf, usize),
+        codes: &Buf,
+        scale: &Buf,
+    ) -> Result<(), GpuError> {
+        let words = kind.row_bytes(k) / 4;
+        check_operands(
+            "weight_codes",
+            &[
+                ("w", w, cout * k),
+                ("q", q.0, q.1 + kind.params(cout)),
+                ("codes", codes, cout * words),
+                ("scale", scale, cout),
+            ],
+            cout * k.max(words),
+        )?;
+        if cout == 0 || k == 0 {
+            return Err(GpuError("weight_codes: an empty layer".into()));
+        }
+        if cout > 65_535 {
+            return Err(GpuError(format!(
+                "weight_codes: {cout} channels (65,535 at most)"
+            )));
+        }
+        let (lo, hi) = match kind {
+            WeightQuant::MaxAbs4 => (-7.0, 7.0),
+            WeightQuant::MaxAbs8 => (-127.0, 127.0),
+            WeightQuant::Lsq | WeightQuant::Dsq => (-8.0, 7.0),
+        };
+        launch!(self, |cl, R| wquant::weight_codes_kernel::launch::<R>(
+            cl,
+            CubeCount::Static(cout as u32, 1, 1),
+            CubeDim::new_1d(UNITS),
+            arg!(w),
+            arg!(q.0),
+            arg!(codes),
+            arg!(scale),
+            k as u32,
+            words as u32,
+            q.1 as u32,
+            lo,
+            hi,
+            kind.code(),
+            kind.bits()
+        ));
+        Ok(())
+    }
+
+    /// The weight quantizer's straight-through backward: the latent weights'
+    /// gradient `dw` from `dwq` (the gradient of the quantized values;
+    /// max-abs: the identity) and the parameters' gradients added into
+    /// `dq.0[dq.1..]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn weight_backward(
+        &self,
+        kind: WeightQuant,
+        w: &Buf,
+        dwq: &Buf,
+        cout: usize,
+        k: usize,
+        q: (&Buf, usize),
+        dw: &Buf,
+        dq: (&Buf, usize),
+    ) -> Result<(), GpuError> {
+        let n = cout * k;
+        let p = kind.params(cout);
+        check_operands(
+            "weight_backward",
+            &[
+                ("w", w, n),
+                ("dwq", dwq, n),
+                ("q", q.0, q.1 + p),
+                ("dw", dw, n),
+                ("dq", dq.0, dq.1 + p),
+            ],
+            n,
+        )?;
+        if matches!(kind, WeightQuant::MaxAbs4 | WeightQuant::MaxAbs8) {
+            return self.copy(dwq, dw, n);
+        }
+        if cout == 0 || cout > 65_535 {
+            return Err(GpuError(format!("weight_backward: {cout} channels")));
+        }
+        // DSQ's per-channel shares of dalpha, finished into dq[cout].
+        let partials = self.scratch(cout);
+        launch!(self, |cl, R| wquant::weight_backward_kernel::launch::<R>(
+            cl,
+            CubeCount::Static(cout as u32, 1, 1),
+            CubeDim::new_1d(UNITS),
+            arg!(w),
+            arg!(dwq),
+            arg!(q.0),
+            arg!(dw),
+            arg!(dq.0),
+            arg!(partials),
+            k as u32,
+            cout as u32,
+            q.1 as u32,
+            kind.code()
+        ));
+        if kind == WeightQuant::Dsq {
+            self.finish_sums(&partials, cout, 1, 1, dq.0, dq.1 + cout, [1.0, 0.0])?;
+        }
+        Ok(())
+    }
+
+    /// im2col of packed codes (`bits` 4 or 8; the NHWC input packed
+    /// `32 / bits` to a word, the CPU's byte order) into the integer GEMM's
+    /// rows of `row_bytes_{4,8}bit(kdim)` bytes, `m` rows.
+    pub fn im2col_codes(
+        &self,
+        bits: u32,
+        src: &Buf,
+        g: ConvShape,
+        dst: &Buf,
+    ) -> Result<(), GpuError> {
+        if bits != 4 && bits != 8 {
+            return Err(GpuError(format!("im2col: {bits}-bit codes (4 or 8)")));
+        }
+        if !g.valid() {
+            return Err(GpuError(format!("im2col: bad geometry {g:?}")));
+        }
+        let per = (32 / bits) as usize;
+        let rb = if bits == 4 {
+            crate::pack::row_bytes_4bit(g.kdim())
+        } else {
+            crate::pack::row_bytes_8bit(g.kdim())
+        };
+        let (rows, words) = (g.m(), rb / 4);
+        let src_len = (g.n * g.h * g.w * g.cin).div_ceil(per);
+        check_operands(
+            "im2col",
+            &[("src", src, src_len), ("dst", dst, rows * words)],
+            rows * words,
+        )?;
+        let (count, dim, _) = grid_1d("im2col", rows * words)?;
+        launch!(self, |cl, R| conv::im2col_codes_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(src),
+            arg!(dst),
+            rows as u32,
+            words as u32,
+            g.h as u32,
+            g.w as u32,
+            g.cin as u32,
+            g.k as u32,
+            g.stride as u32,
+            g.pad as u32,
+            g.oh() as u32,
+            g.ow() as u32,
+            bits
+        ));
+        Ok(())
+    }
+
+    /// col2im: adds the column matrix `cols` (`m` rows of `ld` floats, the
+    /// first `kdim` used) back onto the NHWC input gradient `dx`.
+    pub fn col2im_add(
+        &self,
+        cols: &Buf,
+        ld: usize,
+        g: ConvShape,
+        dx: &Buf,
+    ) -> Result<(), GpuError> {
+        if !g.valid() || ld < g.kdim() {
+            return Err(GpuError(format!("col2im: bad geometry {g:?} (ld {ld})")));
+        }
+        let n_in = g.n * g.h * g.w * g.cin;
+        let m = g.m();
+        check_operands(
+            "col2im",
+            &[
+                ("cols", cols, (m.max(1) - 1) * ld + g.kdim()),
+                ("dx", dx, n_in),
+            ],
+            n_in.max(m * ld),
+        )?;
+        let (count, dim, _) = grid_1d("col2im", n_in)?;
+        launch!(self, |cl, R| conv::col2im_add_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(cols),
+            arg!(dx),
+            g.n as u32,
+            ld as u32,
+            g.h as u32,
+            g.w as u32,
+            g.cin as u32,
+            g.k as u32,
+            g.stride as u32,
+            g.pad as u32,
+            g.oh() as u32,
+            g.ow() as u32
         ));
         Ok(())
     }

@@ -98,3 +98,34 @@ pub(super) fn fill_kernel(out: &mut Array<f32>, n: u32, value: f32) {
         out[i as usize] = value;
     }
 }
+
+/// The largest `|v|` over the cube's units (a tree in `sh`), to every unit.
+#[cube]
+pub(super) fn cube_max_abs(v: f32, sh: &mut SharedMemory<f32>) -> f32 {
+    let tid = UNIT_POS_X;
+    sh[tid as usize] = v.abs();
+    sync_cube();
+    let mut stride = (UNITS / 2).runtime();
+    while stride > 0 {
+        if tid < stride {
+            let o = sh[(tid + stride) as usize];
+            if o > sh[tid as usize] {
+                sh[tid as usize] = o;
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let m = sh[0];
+    sync_cube();
+    m
+}
+
+/// `dst[i] = src[i]` for `i < n`.
+#[cube(launch)]
+pub(super) fn copy_kernel(src: &Array<f32>, dst: &mut Array<f32>, n: u32) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < n {
+        dst[i as usize] = src[i as usize];
+    }
+}
