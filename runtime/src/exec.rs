@@ -885,7 +885,7 @@ fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> Result<(&mut T, &mut T), PassE
 
 /// For each node, the last node that reads its value (a pass frees the value
 /// after that node has run).
-fn last_uses(nodes: &[Op]) -> Vec<usize> {
+pub(crate) fn last_uses(nodes: &[Op]) -> Vec<usize> {
     let mut last_use = vec![0usize; nodes.len()];
     for (i, op) in nodes.iter().enumerate() {
         for j in op.inputs() {

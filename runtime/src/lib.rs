@@ -7,6 +7,8 @@ pub mod data;
 pub mod durable;
 pub mod error;
 pub mod exec;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod graph;
 pub mod metrics;
 pub mod model;

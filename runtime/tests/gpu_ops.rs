@@ -639,3 +639,101 @@ fn im2col_and_col2im_equal_the_cpu() {
         bits_equal(&format!("col2im {what}"), &down(&g, &dxb, len), &want);
     }
 }
+
+/// Logits of the device forward against `Model::forward`: `max |diff|` over
+/// the batch relative to the largest logit, and how many argmaxes agree.
+fn compare_forward(g: &Gpu, model: &qmul_runtime::Model, images: &[u8], n: usize) -> (f32, usize) {
+    let want = model.forward(images, n).unwrap();
+    let dm = qmul_runtime::gpu::DeviceModel::upload(g, model).unwrap();
+    let got = dm.forward(images, n).unwrap();
+    assert_eq!(got.len(), want.len());
+    let c = model.classes();
+    let top = want.iter().fold(0.0f32, |a, v| a.max(v.abs())).max(1e-6);
+    let diff = got
+        .iter()
+        .zip(&want)
+        .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+    let agree = got
+        .chunks(c)
+        .zip(want.chunks(c))
+        .filter(|(a, b)| argmax(a) == argmax(b))
+        .count();
+    (diff / top, agree)
+}
+
+/// The whole eval forward on the device: the shipped model (8-bit stem and
+/// classifier, PACT 4-bit body) on 500 shipped test images, and freshly
+/// initialised tiny networks of every scheme. Codes can differ where a
+/// BatchNorm output lies within rounding of a code boundary (the GPU may
+/// fuse its multiply-add), so the logits are held to 1e-3 of the largest
+/// logit and the argmax to at least 99% agreement; the figures are printed.
+#[test]
+fn device_forward_matches_the_cpu_forward() {
+    let Some(g) = gpu() else { return };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = qmul_runtime::model_file::load(
+        &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
+    )
+    .unwrap();
+    let d = root.join("data/fashion-mnist-subset");
+    let test = qmul_runtime::data::idx::load_idx_pair(
+        &d.join("t10k-images-idx3-ubyte.gz"),
+        &d.join("t10k-labels-idx1-ubyte.gz"),
+        10,
+        "test",
+        "",
+    )
+    .unwrap();
+    let n = 500;
+    let images = &test.images[..n * test.image_len()];
+    let (rel, agree) = compare_forward(&g, &model, images, n);
+    eprintln!(
+        "shipped model, {n} images: max |logit diff| {rel:.2e} of the largest, argmax {agree}/{n}"
+    );
+    assert!(rel <= 1e-3 && agree * 100 >= n * 99, "{rel} {agree}");
+    for scheme in [QuantScheme::Pact, QuantScheme::Lsq, QuantScheme::Dsq] {
+        let graph = tiny_graph(scheme);
+        let mut m = qmul_runtime::Model::new(
+            graph,
+            qmul_runtime::InitOptions {
+                seed: 3,
+                pact_init: 2.0,
+            },
+        )
+        .unwrap();
+        let mut r = Rng::new(9);
+        let n = 64;
+        let images: Vec<u8> = (0..n * 36).map(|_| r.below(256) as u8).collect();
+        // One training pass sets LSQ/DSQ ranges and realistic statistics.
+        let labels: Vec<u32> = (0..n).map(|i| (i % 3) as u32).collect();
+        let w = vec![1.0f32; n];
+        m.train_pass(
+            &images,
+            n,
+            qmul_runtime::Targets {
+                labels: &labels,
+                weights: &w,
+            },
+            true,
+        )
+        .unwrap();
+        let (rel, agree) = compare_forward(&g, &m, &images, n);
+        eprintln!("tiny {scheme:?}: max |logit diff| {rel:.2e} of the largest, argmax {agree}/{n}");
+        assert!(
+            rel <= 1e-3 && agree * 100 >= n * 99,
+            "{scheme:?}: {rel} {agree}"
+        );
+    }
+}
+
+/// The gradient checks' tiny network (6x6x1 input, 8-bit stem and
+/// classifier, 4-bit body with a residual block).
+fn tiny_graph(scheme: QuantScheme) -> qmul_runtime::Graph {
+    grad::tiny(scheme, qmul_runtime::graph::Precision::Int8)
+}
+
+// Only `tiny` of the gradient checks' helpers is used here.
+#[allow(dead_code)]
+#[path = "common/grad.rs"]
+mod grad;

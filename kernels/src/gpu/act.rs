@@ -12,7 +12,7 @@
 //! device divides correctly rounded (the inverse scale is `1 / scale`).
 
 #![allow(clippy::manual_div_ceil, clippy::manual_clamp)] // cube code: written in the kernel language's integer and comparison operations, as the CPU reference spells them
-use super::reduce::{cube_index, cube_sum, UNITS};
+use super::reduce::{cube_index, cube_max_abs, cube_sum, UNITS};
 use cubecl::prelude::*;
 
 /// The quantizer of an activation (the kernels' `comptime` `scheme`).
@@ -203,5 +203,61 @@ pub(super) fn act_backward_kernel(
             partials[(2 * cube) as usize] = s0;
             partials[(2 * cube + 1) as usize] = s1;
         }
+    }
+}
+
+/// The 8-bit classifier's input (the runtime's `linear::quantize_rows`):
+/// row `CUBE_POS_X` of `x` (`cin` floats) as unsigned codes in the integer
+/// GEMM's rows of `row_words` words with scale `max(row, 0) / 255` (1 for a
+/// row without a positive value) in `scales`.
+#[cube(launch)]
+pub(super) fn quantize_rows_kernel(
+    x: &Array<f32>,
+    codes: &mut Array<u32>,
+    scales: &mut Array<f32>,
+    cin: u32,
+    row_words: u32,
+) {
+    let mut sh = SharedMemory::<f32>::new(UNITS as usize);
+    let row = CUBE_POS_X;
+    let base = row * cin;
+    let mut m = 0.0f32;
+    let mut i = UNIT_POS_X;
+    while i < cin {
+        let v = x[(base + i) as usize];
+        if v > m {
+            m = v;
+        }
+        i += UNITS;
+    }
+    // The values are at least 0 here, so the largest |v| is the largest v.
+    let mx = cube_max_abs(m, &mut sh);
+    let mut s = 1.0f32;
+    if mx > 0.0 {
+        s = mx / 255.0;
+    }
+    if UNIT_POS_X == 0 {
+        scales[row as usize] = s;
+    }
+    let mut wd = UNIT_POS_X;
+    while wd < row_words {
+        let mut word = 0u32;
+        #[unroll]
+        for j in 0..4u32 {
+            let e = wd * 4 + j;
+            if e < cin {
+                let v = x[(base + e) as usize] / s;
+                let mut c = 0.0f32;
+                if v > 0.0 {
+                    c = v;
+                }
+                if c > 255.0 {
+                    c = 255.0;
+                }
+                word |= (u32::reinterpret(c + MAGIC) & 255u32) << (j * 8);
+            }
+        }
+        codes[(row * row_words + wd) as usize] = word;
+        wd += UNITS;
     }
 }

@@ -68,3 +68,38 @@ pub(super) fn sgd_kernel(
         p[j] -= lr * vi;
     }
 }
+
+/// `out[e] = code_e * scale`: packed unsigned codes (`bits` 4 or 8, `32 / bits`
+/// to a word, the CPU's order) as values, as the CPU's `to_f32` gives them.
+#[cube(launch)]
+pub(super) fn dequantize_kernel(
+    codes: &Array<u32>,
+    out: &mut Array<f32>,
+    n: u32,
+    scale: f32,
+    #[comptime] bits: u32,
+) {
+    let e = cube_index() * UNITS + UNIT_POS_X;
+    if e < n {
+        let per = comptime!(32 / bits);
+        let c = (codes[(e / per) as usize] >> ((e % per) * bits)) & comptime!((1u32 << bits) - 1);
+        out[e as usize] = f32::cast_from(c) * scale;
+    }
+}
+
+/// `y[i][j] = y[i][j] * row_scale[i] + bias[j]` (the 8-bit classifier's
+/// epilogue: the input rows' scales, then the bias).
+#[cube(launch)]
+pub(super) fn row_scale_bias_kernel(
+    y: &mut Array<f32>,
+    row_scale: &Array<f32>,
+    bias: &Array<f32>,
+    n: u32,
+    out: u32,
+) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < n * out {
+        let v = y[i as usize] * row_scale[(i / out) as usize];
+        y[i as usize] = v + bias[(i % out) as usize];
+    }
+}

@@ -171,3 +171,12 @@ pub(super) fn bn_backward_dx_kernel(
         dx[i as usize] = k * (dy[i as usize] - mdy - xhat * mdyx);
     }
 }
+
+/// Eval-mode statistics: `invstd = 1 / sqrt(running_var + eps)`.
+#[cube(launch)]
+pub(super) fn bn_invstd_kernel(var: &Array<f32>, invstd: &mut Array<f32>, c: u32, eps: f32) {
+    let ch = cube_index() * UNITS + UNIT_POS_X;
+    if ch < c {
+        invstd[ch as usize] = 1.0 / (var[ch as usize] + eps).sqrt();
+    }
+}

@@ -989,4 +989,135 @@ impl Gpu {
         ));
         Ok(())
     }
+
+    /// Eval-mode BatchNorm statistics from the running buffers (held, not
+    /// copied: `mean` and `var` are the running buffers themselves).
+    pub fn bn_eval_stats(
+        &self,
+        running_mean: &Buf,
+        running_var: &Buf,
+        c: usize,
+        eps: f32,
+    ) -> Result<BnStats, GpuError> {
+        check_operands(
+            "bn_eval_stats",
+            &[
+                ("running mean", running_mean, c),
+                ("running var", running_var, c),
+            ],
+            c,
+        )?;
+        let invstd = self.scratch(c);
+        let (count, dim, _) = grid_1d("bn_eval_stats", c)?;
+        launch!(self, |cl, R| norm::bn_invstd_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(running_var),
+            arg!(invstd),
+            c as u32,
+            eps
+        ));
+        Ok(BnStats {
+            mean: running_mean.clone(),
+            var: running_var.clone(),
+            invstd,
+        })
+    }
+
+    /// Packed unsigned codes (`bits` 4 or 8) as values `code * scale`.
+    pub fn dequantize(
+        &self,
+        bits: u32,
+        codes: &Buf,
+        n: usize,
+        scale: f32,
+        out: &Buf,
+    ) -> Result<(), GpuError> {
+        if bits != 4 && bits != 8 {
+            return Err(GpuError(format!("dequantize: {bits}-bit codes (4 or 8)")));
+        }
+        let words = n.div_ceil((32 / bits) as usize);
+        check_operands("dequantize", &[("codes", codes, words), ("out", out, n)], n)?;
+        let (count, dim, _) = grid_1d("dequantize", n)?;
+        launch!(self, |cl, R| ew::dequantize_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(codes),
+            arg!(out),
+            n as u32,
+            scale,
+            bits
+        ));
+        Ok(())
+    }
+
+    /// The 8-bit classifier's input rows (`n x cin`) as codes in rows of
+    /// `row_bytes_8bit(cin)` bytes, with a scale per row.
+    pub fn quantize_rows(
+        &self,
+        x: &Buf,
+        n: usize,
+        cin: usize,
+        codes: &Buf,
+        scales: &Buf,
+    ) -> Result<(), GpuError> {
+        let words = crate::pack::row_bytes_8bit(cin) / 4;
+        check_operands(
+            "quantize_rows",
+            &[
+                ("x", x, n * cin),
+                ("codes", codes, n * words),
+                ("scales", scales, n),
+            ],
+            n * cin.max(words),
+        )?;
+        if n == 0 || n > 65_535 || cin == 0 {
+            return Err(GpuError(format!("quantize_rows: {n} rows of {cin}")));
+        }
+        launch!(self, |cl, R| act::quantize_rows_kernel::launch::<R>(
+            cl,
+            CubeCount::Static(n as u32, 1, 1),
+            CubeDim::new_1d(UNITS),
+            arg!(x),
+            arg!(codes),
+            arg!(scales),
+            cin as u32,
+            words as u32
+        ));
+        Ok(())
+    }
+
+    /// `y[i][j] = y[i][j] * row_scale[i] + bias[j]` over `n x out`.
+    pub fn row_scale_bias(
+        &self,
+        y: &Buf,
+        row_scale: &Buf,
+        bias: &Buf,
+        n: usize,
+        out: usize,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "row_scale_bias",
+            &[
+                ("y", y, n * out),
+                ("row scale", row_scale, n),
+                ("bias", bias, out),
+            ],
+            n * out,
+        )?;
+        let (count, dim, _) = grid_1d("row_scale_bias", n * out)?;
+        launch!(self, |cl, R| ew::row_scale_bias_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(y),
+            arg!(row_scale),
+            arg!(bias),
+            n as u32,
+            out as u32
+        ));
+        Ok(())
+    }
 }
