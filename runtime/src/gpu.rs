@@ -358,3 +358,17 @@ impl<'g> DeviceModel<'g> {
         })
     }
 }
+
+impl crate::samples::Forward for DeviceModel<'_> {
+    fn logits(&self, images: &[u8], n: usize) -> Result<Vec<f32>, PassError> {
+        self.forward(images, n)
+    }
+
+    fn classes(&self) -> usize {
+        self.model.classes()
+    }
+
+    fn input_shape(&self) -> crate::graph::Shape {
+        self.model.graph.input_shape()
+    }
+}

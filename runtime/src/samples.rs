@@ -3,8 +3,35 @@
 //! metrics, Similar Labels and predictions share.
 
 use crate::exec::PassError;
+use crate::graph::Shape;
 use crate::model::Model;
 use crate::ops::loss::softmax;
+
+/// Whatever computes a model's eval-mode logits: the model on the CPU
+/// ([`Model`]), or the same model resident on a GPU (`gpu::DeviceModel`).
+/// The metrics, predictions and evaluation take this, so every device runs
+/// the same evaluation code.
+pub trait Forward {
+    /// Eval-mode logits (`n x classes`) of `n` NHWC u8 images.
+    fn logits(&self, images: &[u8], n: usize) -> Result<Vec<f32>, PassError>;
+    fn classes(&self) -> usize;
+    /// One image's shape.
+    fn input_shape(&self) -> Shape;
+}
+
+impl Forward for Model {
+    fn logits(&self, images: &[u8], n: usize) -> Result<Vec<f32>, PassError> {
+        self.forward(images, n)
+    }
+
+    fn classes(&self) -> usize {
+        Model::classes(self)
+    }
+
+    fn input_shape(&self) -> Shape {
+        self.graph.input_shape()
+    }
+}
 
 /// Images (NHWC u8, as the model's input) and labels of a set of samples.
 #[derive(Clone, Copy, Debug)]
@@ -24,8 +51,8 @@ impl Samples<'_> {
 
     /// Checks the set against `model`: one image of the input size per label,
     /// every label a class of the model.
-    pub fn check(&self, model: &Model, what: &str) -> Result<(), PassError> {
-        let image_len = model.graph.input_shape().len();
+    pub fn check(&self, model: &dyn Forward, what: &str) -> Result<(), PassError> {
+        let image_len = model.input_shape().len();
         if self.len().checked_mul(image_len) != Some(self.images.len()) {
             return Err(PassError(format!(
                 "{what}: {} labels but {} image bytes ({image_len} per image)",
@@ -64,13 +91,13 @@ pub const EVAL_BATCH: usize = 256;
 /// (`n` of them), `batch` at a time. `keep_going` is asked after every batch;
 /// `false` stops the pass and returns `Ok(None)`.
 pub fn probabilities(
-    model: &Model,
+    model: &dyn Forward,
     images: &[u8],
     n: usize,
     batch: usize,
     keep_going: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Option<Vec<f32>>, PassError> {
-    let image_len = model.graph.input_shape().len();
+    let image_len = model.input_shape().len();
     if n.checked_mul(image_len) != Some(images.len()) {
         return Err(PassError(format!(
             "{n} images need {} bytes, got {}",
@@ -82,7 +109,7 @@ pub fn probabilities(
     let batch = batch.max(1);
     let mut out = Vec::with_capacity(n * k);
     for (b, chunk) in images.chunks(batch * image_len).enumerate() {
-        let logits = model.forward(chunk, chunk.len() / image_len)?;
+        let logits = model.logits(chunk, chunk.len() / image_len)?;
         for row in logits.chunks(k) {
             out.extend(softmax(row));
         }

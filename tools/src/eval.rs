@@ -2,8 +2,8 @@
 //! through the runtime's batched eval-mode pass.
 
 use crate::data::Dataset;
-use qmul_runtime::samples;
-use qmul_runtime::{Model, PassError};
+use qmul_runtime::samples::{self, Forward};
+use qmul_runtime::PassError;
 
 pub use qmul_runtime::samples::argmax_rows;
 
@@ -13,7 +13,7 @@ pub const EVAL_BATCH: usize = samples::EVAL_BATCH;
 /// Softmax probabilities (`n x classes`) of the images `indices` of `ds`
 /// (all images when `None`), in eval mode.
 pub fn probabilities(
-    model: &Model,
+    model: &dyn Forward,
     ds: &Dataset,
     indices: Option<&[usize]>,
 ) -> Result<Vec<f32>, PassError> {
@@ -35,7 +35,11 @@ pub fn probabilities(
 
 /// Accuracy in percent of `model` on the images `indices` of `ds` (all when
 /// `None`); an empty set is an error, not 0%.
-pub fn accuracy(model: &Model, ds: &Dataset, indices: Option<&[usize]>) -> Result<f64, PassError> {
+pub fn accuracy(
+    model: &dyn Forward,
+    ds: &Dataset,
+    indices: Option<&[usize]>,
+) -> Result<f64, PassError> {
     let n = indices.map_or(ds.len(), <[usize]>::len);
     if n == 0 {
         return Err(PassError(format!("{}: no images to evaluate", ds.name)));

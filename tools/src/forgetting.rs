@@ -7,7 +7,6 @@ use crate::data::Dataset;
 use crate::forget::{complement, ForgetSpec};
 use qmul_runtime::metrics::{self, Scores};
 use qmul_runtime::samples::{Samples, EVAL_BATCH};
-use qmul_runtime::Model;
 
 /// Index sets of one forgetting scenario.
 #[derive(Clone, Debug)]
@@ -81,7 +80,12 @@ impl Split {
 
 /// FA, RA, TA and MIA-efficacy of `model`, in percent (FA and the attack on
 /// [`Split::forgotten`]).
-pub fn scores(model: &Model, train: &Dataset, test: &Dataset, s: &Split) -> Result<Scores, String> {
+pub fn scores(
+    model: &dyn qmul_runtime::samples::Forward,
+    train: &Dataset,
+    test: &Dataset,
+    s: &Split,
+) -> Result<Scores, String> {
     let (fi, fl) = samples(train, &s.forgotten());
     let (ri, rl) = samples(train, &s.retain);
     let (ti, tl) = samples(test, &s.test);

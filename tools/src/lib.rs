@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod forget;
 pub mod forgetting;

@@ -16,6 +16,11 @@ struct Cli {
     /// Default: QMUL_BACKWARD, else bf16.
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
+    /// Where the work runs: cpu, or a GPU through wgpu (Vulkan, Metal, DX12)
+    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU path runs
+    /// `eval` so far; the other commands refuse a GPU.
+    #[arg(long, global = true, value_parser = qmul_tools::device::NAMES, default_value = "cpu")]
+    device: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -62,18 +67,20 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    qmul_tools::device::select(&args.device);
+    let cpu_only = |c: &str| qmul_tools::device::require_cpu(c);
     let r = match args.cmd {
-        Cmd::Train(a) => cli::train(a),
+        Cmd::Train(a) => cpu_only("train").and_then(|_| cli::train(a)),
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
-        Cmd::Unlearn(a) => cli::unlearn_cmd(a),
-        Cmd::Demo(a) => cli::demo(a),
-        Cmd::Experiment(a) => cli::experiment(a),
+        Cmd::Unlearn(a) => cpu_only("unlearn").and_then(|_| cli::unlearn_cmd(a)),
+        Cmd::Demo(a) => cpu_only("demo").and_then(|_| cli::demo(a)),
+        Cmd::Experiment(a) => cpu_only("experiment").and_then(|_| cli::experiment(a)),
         Cmd::Report(a) => cli::render(a),
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),
         Cmd::Quantize(a) => cli::quantize(a),
-        Cmd::Bench(a) => cli::bench(a),
+        Cmd::Bench(a) => cpu_only("bench").and_then(|_| cli::bench(a)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

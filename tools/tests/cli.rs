@@ -839,3 +839,46 @@ fn bench_prints_every_section_and_checks_its_options() {
     fail_with(qmul().args(["bench", "--nets", "16x2"]), "channels 1 or 3");
     fail_with(qmul().args(["bench", "--steps", "0"]), "must be positive");
 }
+
+/// `--device`: the CPU evaluates as without it; a GPU device is refused
+/// with a message that says why by the commands that do not run on one yet,
+/// and by a build without the `gpu` feature; an unknown name is a usage error.
+#[test]
+fn the_device_flag_is_honoured_or_refused_clearly() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models/checkpoints/fmnist-subset-r18w8-pact.qmul"
+    );
+    let o = succeed(qmul().args([
+        "--device", "cpu", "eval", "--model", model, "--data", "subset",
+    ]));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test accuracy 87.70%"));
+    fail_with(
+        qmul().args([
+            "--device",
+            "wgpu",
+            "train",
+            "--data",
+            "subset",
+            "--out",
+            "/nonexistent/m.qmul",
+        ]),
+        "runs on the CPU only so far",
+    );
+    fail_with(
+        qmul().args(["--device", "cuda", "demo"]),
+        "runs on the CPU only so far",
+    );
+    if !cfg!(feature = "gpu") {
+        fail_with(
+            qmul().args([
+                "--device", "wgpu", "eval", "--model", model, "--data", "subset",
+            ]),
+            "built without GPU support",
+        );
+    }
+    fail_with(
+        qmul().args(["--device", "tpu", "eval", "--model", model]),
+        "invalid value",
+    );
+}

@@ -6,8 +6,7 @@ pub mod attacks;
 pub mod svm;
 
 use crate::error::{Error, Result};
-use crate::model::Model;
-use crate::samples::{argmax_rows, probabilities, Samples};
+use crate::samples::{argmax_rows, probabilities, Forward, Samples};
 pub use attacks::Attacks;
 use svm::{Svc, SvcParams, SvmError};
 
@@ -114,7 +113,11 @@ impl From<&Scores> for Forgetting {
 }
 
 /// Accuracy (percent) and confidence features of `model` on a set.
-fn accuracy_and_confidence(model: &Model, s: Samples, batch: usize) -> Result<(f64, Vec<f64>)> {
+fn accuracy_and_confidence(
+    model: &dyn Forward,
+    s: Samples,
+    batch: usize,
+) -> Result<(f64, Vec<f64>)> {
     let (acc, f) = accuracy_and_features(model, s, batch, usize::MAX, false)?;
     Ok((acc, f.confidence))
 }
@@ -131,7 +134,7 @@ struct Features {
 /// Accuracy (percent) of `model` on a set, and the attack features of its
 /// first `keep` samples (all four with `all`, else the confidence only).
 fn accuracy_and_features(
-    model: &Model,
+    model: &dyn Forward,
     s: Samples,
     batch: usize,
     keep: usize,
@@ -166,7 +169,7 @@ fn nonempty(s: &Samples, what: &str) -> Result<()> {
 /// `reference/qmul-method.md`: the attack's members are the first len(test)
 /// retain samples, its non-members the test set.
 pub fn scores(
-    model: &Model,
+    model: &dyn Forward,
     forget: Samples,
     retain: Samples,
     test: Samples,
@@ -198,7 +201,7 @@ pub fn scores(
 /// forget set: what a deletion receipt records. Only the attack's members (the first
 /// len(test) retain samples) are evaluated, not the whole retain set.
 pub fn forgetting(
-    model: &Model,
+    model: &dyn Forward,
     forget: Samples,
     retain: Option<Samples>,
     test: Option<Samples>,
@@ -218,7 +221,7 @@ pub fn forgetting(
         (Some(r), Some((_, t_conf))) if !r.is_empty() => {
             r.check(model, "retain set")?;
             let m = t_conf.len().min(r.len());
-            let il = model.graph.input_shape().len();
+            let il = model.input_shape().len();
             let members = Samples {
                 images: &r.images[..m * il],
                 labels: &r.labels[..m],

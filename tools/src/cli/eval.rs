@@ -1,11 +1,15 @@
 //! `qmul eval`: test accuracy, or the forgetting metrics with `--forget`.
 
 use super::{check_compatible, DataArgs};
+use crate::data::Dataset;
+use crate::device::Device;
 use crate::forget::ForgetSpec;
 use crate::forgetting;
 use clap::Args;
 use qmul_runtime::metrics;
 use qmul_runtime::model_file;
+use qmul_runtime::samples::Forward;
+use qmul_runtime::Model;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -29,8 +33,38 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
     let model = model_file::load(&a.model).map_err(|e| e.to_string())?;
     let (tr, te) = a.data.load()?;
     check_compatible(&model, &te)?;
+    let device = Device::open(crate::device::selected())?;
+    if !a.json {
+        eprintln!("device: {}", device.name());
+    }
+    with_forward(&device, &model, |f| eval_on(&a, &device, f, &tr, &te))
+}
+
+/// Runs `f` with the model's forward on `device` (uploaded once for a GPU).
+fn with_forward(
+    device: &Device,
+    model: &Model,
+    f: impl FnOnce(&dyn Forward) -> Result<(), String>,
+) -> Result<(), String> {
+    match device {
+        Device::Cpu => f(model),
+        #[cfg(feature = "gpu")]
+        Device::Gpu(g) => {
+            let dm = qmul_runtime::gpu::DeviceModel::upload(g, model).map_err(|e| e.to_string())?;
+            f(&dm)
+        }
+    }
+}
+
+fn eval_on(
+    a: &EvalArgs,
+    device: &Device,
+    model: &dyn Forward,
+    tr: &Dataset,
+    te: &Dataset,
+) -> Result<(), String> {
     let Some(spec) = &a.forget else {
-        let acc = crate::eval::accuracy(&model, &te, None).map_err(|e| e.to_string())?;
+        let acc = crate::eval::accuracy(model, te, None).map_err(|e| e.to_string())?;
         if a.json {
             println!(
                 "{}",
@@ -41,16 +75,18 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
         }
         return Ok(());
     };
-    let split = forgetting::split(&ForgetSpec::parse(spec)?, &tr, &te)?;
-    let s = forgetting::scores(&model, &tr, &te, &split)?;
+    let split = forgetting::split(&ForgetSpec::parse(spec)?, tr, te)?;
+    let s = forgetting::scores(model, tr, te, &split)?;
     let gap = match &a.retrain {
         Some(p) => {
             let r = model_file::load(p).map_err(|e| e.to_string())?;
-            check_compatible(&r, &te)?;
-            Some(metrics::avg_gap(
-                &s,
-                &forgetting::scores(&r, &tr, &te, &split)?,
-            ))
+            check_compatible(&r, te)?;
+            let mut rs = None;
+            with_forward(device, &r, |f| {
+                rs = Some(forgetting::scores(f, tr, te, &split)?);
+                Ok(())
+            })?;
+            rs.map(|r| metrics::avg_gap(&s, &r))
         }
         None => None,
     };
