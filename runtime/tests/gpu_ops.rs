@@ -184,7 +184,13 @@ fn activation_backward_matches_the_cpu() {
 fn batchnorm_matches_the_cpu() {
     let Some(g) = gpu() else { return };
     let mut r = Rng::new(3);
-    for (rows, c) in [(1usize, 4usize), (37, 16), (2048, 64), (300, 3)] {
+    for (rows, c) in [
+        (1usize, 4usize),
+        (37, 16),
+        (2048, 64),
+        (300, 3),
+        (50_176, 16),
+    ] {
         let n = rows * c;
         let x = uniform(&mut r, n, -2.0, 5.0);
         let dy = uniform(&mut r, n, -1.0, 1.0);
@@ -737,3 +743,170 @@ fn tiny_graph(scheme: QuantScheme) -> qmul_runtime::Graph {
 #[allow(dead_code)]
 #[path = "common/grad.rs"]
 mod grad;
+
+/// Relative L2 error of `got` against `want`.
+fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    let (mut d, mut w) = (0.0f64, 0.0f64);
+    for (a, b) in got.iter().zip(want) {
+        d += ((a - b) as f64).powi(2);
+        w += (*b as f64).powi(2);
+    }
+    (d / w.max(1e-30)).sqrt()
+}
+
+/// One training pass on the device against `Model::train_pass` (f32
+/// gradient GEMMs), on tiny PACT/LSQ/DSQ networks and on the shipped model
+/// with a batch of 8 shipped images: logits within 1e-5 (measured: equal), the
+/// loss within 1e-4, every parameter gradient within a relative L2 error of
+/// 1e-3 (measured: at most 3e-5; the shipped model's median 3.8e-7), the
+/// running statistics, and the
+/// parameters after three SGD steps on each side within 1e-4.
+///
+/// With 64 images the shipped model's two passes are each
+/// self-consistent but not equal: the GPU sums the batch statistics in f32,
+/// the CPU in f64, so the first BatchNorm's mean differs by about an ulp
+/// (1.3e-7), a few activations round to the other code, the next layer's
+/// statistics differ by 5e-6, and so on: 1.7e-2 at the last BatchNorm and
+/// 7% in the logits (the CPU's eval forward with the device's batch
+/// statistics gives the device's logits exactly, so nothing else differs).
+/// (measured: the loss 0.030 against 0.043, gradients' median relative
+/// error 0.54: the strongly fitted model's gradient comes from a few
+/// samples). There the test asserts the figures stay in that regime and
+/// prints them; a whole run's metrics are what to compare (issue 16, item 4).
+#[test]
+fn device_training_pass_and_sgd_match_the_cpu() {
+    use qmul_runtime::gpu::{DeviceModel, DeviceSgd};
+    use qmul_runtime::Targets;
+    let Some(g) = gpu() else { return };
+    qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shipped = qmul_runtime::model_file::load(
+        &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
+    )
+    .unwrap();
+    let d = root.join("data/fashion-mnist-subset");
+    let train = qmul_runtime::data::idx::load_idx_pair(
+        &d.join("train-images-idx3-ubyte.gz"),
+        &d.join("train-labels-idx1-ubyte.gz"),
+        10,
+        "train",
+        "",
+    )
+    .unwrap();
+    let mut cases = vec![
+        ("shipped".to_string(), shipped.clone(), 8usize, None),
+        ("shipped batch 64".to_string(), shipped, 64usize, None),
+    ];
+    for scheme in [QuantScheme::Pact, QuantScheme::Lsq, QuantScheme::Dsq] {
+        let m = qmul_runtime::Model::new(
+            tiny_graph(scheme),
+            qmul_runtime::InitOptions {
+                seed: 3,
+                pact_init: 2.0,
+            },
+        )
+        .unwrap();
+        let mut r = Rng::new(10);
+        let images: Vec<u8> = (0..48 * 36).map(|_| r.below(256) as u8).collect();
+        cases.push((format!("tiny {scheme:?}"), m, 48, Some(images)));
+    }
+    cases.rotate_left(1);
+    for (name, mut m, n, images) in cases {
+        let images = images.unwrap_or_else(|| train.images[..n * train.image_len()].to_vec());
+        let labels: Vec<u32> = if name.starts_with("shipped") {
+            train.labels[..n].iter().map(|&l| l as u32).collect()
+        } else {
+            (0..n).map(|i| (i % 3) as u32).collect()
+        };
+        let weights: Vec<f32> = (0..n)
+            .map(|i| if i % 5 == 4 { -0.5 } else { 1.0 })
+            .collect();
+        let t = Targets {
+            labels: &labels,
+            weights: &weights,
+        };
+        // LSQ/DSQ ranges come from a first CPU pass (the device requires them).
+        m.train_pass(&images, n, t, false).unwrap();
+        let mut dm = DeviceModel::upload(&g, &m).unwrap();
+        let cpu = m.train_pass(&images, n, t, true).unwrap();
+        let dev = dm.train_pass(&images, n, t, true).unwrap();
+        let dl = down(&g, &dev.logits, cpu.logits.len());
+        let logit_err = rel_l2(&dl, &cpu.logits);
+        if name == "shipped batch 64" {
+            // See the test's comment: the batch statistics' f32 sums move
+            // codes, and the moves compound layer after layer.
+            let loss_err = ((dev.loss - cpu.loss) / cpu.loss).abs();
+            let gerr: Vec<f64> = dev
+                .grads
+                .iter()
+                .zip(&cpu.grads)
+                .map(|(gb, gc)| rel_l2(&down(&g, gb, gc.len()), gc))
+                .collect();
+            let worst = gerr.iter().cloned().fold(0.0, f64::max);
+            let median = {
+                let mut v = gerr.clone();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            eprintln!(
+                "{name}: logits {logit_err:.2e}, loss {} vs {} ({loss_err:.2e}), gradients median {median:.2e}, worst {worst:.2e}",
+                dev.loss, cpu.loss
+            );
+            assert!(
+                logit_err <= 0.2 && loss_err <= 0.5 && median <= 1.0,
+                "{name}: beyond the divergence the statistics' rounding explains"
+            );
+            continue;
+        }
+        assert!(logit_err <= 1e-5, "{name}: logits off by {logit_err:.2e}");
+        assert!(
+            (dev.loss - cpu.loss).abs() <= 1e-4 * cpu.loss.abs().max(1.0),
+            "{name}: loss {} vs {}",
+            dev.loss,
+            cpu.loss
+        );
+        let mut worst = (0.0f64, String::new());
+        for (k, (gb, gc)) in dev.grads.iter().zip(&cpu.grads).enumerate() {
+            let got = down(&g, gb, gc.len());
+            let e = rel_l2(&got, gc);
+            if e > worst.0 {
+                worst = (e, m.params[k].name.clone());
+            }
+            assert!(
+                e <= 1e-3,
+                "{name}: gradient of {} off by {e:.2e}",
+                m.params[k].name
+            );
+        }
+        let after = dm.to_model().unwrap();
+        for (a, b) in after.buffers.iter().zip(&m.buffers) {
+            close(
+                &format!("{name}: running {}", b.name),
+                &a.data,
+                &b.data,
+                &[1.0],
+            );
+        }
+        // Three SGD steps on each side from the same gradients.
+        let mut sgd = qmul_runtime::optim::Sgd::new(&m, 0.05, 0.9, 5e-4);
+        let mut dsgd = DeviceSgd::new(&dm, 0.05, 0.9, 5e-4).unwrap();
+        let grads_dev: Vec<Buf> = cpu.grads.iter().map(|v| g.upload_f32(v)).collect();
+        for _ in 0..3 {
+            sgd.step(&mut m, &cpu.grads, None);
+            dsgd.step(&mut dm, &grads_dev, None).unwrap();
+        }
+        let after = dm.to_model().unwrap();
+        for (a, b) in after.params.iter().zip(&m.params) {
+            close(&format!("{name}: sgd {}", b.name), &a.data, &b.data, &[1.0]);
+        }
+        eprintln!(
+            "{name}: loss {:.6} (CPU {:.6}), worst gradient {:.2e} ({}), G {:.4} (CPU {:.4})",
+            dev.loss,
+            cpu.loss,
+            worst.0,
+            worst.1,
+            dm.grad_norm_sum(&dev.grads).unwrap(),
+            qmul_runtime::unlearn::grad_norm_sum(&cpu.grads)
+        );
+    }
+}

@@ -103,3 +103,86 @@ pub(super) fn row_scale_bias_kernel(
         y[i as usize] = v + bias[(i % out) as usize];
     }
 }
+
+/// `out[i][j] = x[i][j] * s[j]` over `n x c` (the backward's `dY` times the
+/// weight scales).
+#[cube(launch)]
+pub(super) fn scale_cols_kernel(
+    x: &Array<f32>,
+    s: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    c: u32,
+) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < n * c {
+        out[i as usize] = x[i as usize] * s[(i % c) as usize];
+    }
+}
+
+/// `out[j] += sum_i x[i][j]` over the `n` rows in order (a bias gradient).
+#[cube(launch)]
+pub(super) fn col_sums_kernel(x: &Array<f32>, out: &mut Array<f32>, n: u32, c: u32) {
+    let j = cube_index() * UNITS + UNIT_POS_X;
+    if j < c {
+        let mut acc = 0.0f32;
+        for i in 0..n {
+            acc += x[(i * c + j) as usize];
+        }
+        out[j as usize] += acc;
+    }
+}
+
+/// `out[b][c] = code[b][c] * row_scale[b]`: 8-bit rows of `row_words` words
+/// as the values the classifier multiplied (`n x cin`).
+#[cube(launch)]
+pub(super) fn dequantize_rows_kernel(
+    codes: &Array<u32>,
+    row_scale: &Array<f32>,
+    out: &mut Array<f32>,
+    n: u32,
+    cin: u32,
+    row_words: u32,
+) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < n * cin {
+        let b = i / cin;
+        let c = i % cin;
+        let w = codes[(b * row_words + c / 4) as usize];
+        let code = (w >> ((c % 4) * 8)) & 255u32;
+        out[i as usize] = f32::cast_from(code) * row_scale[b as usize];
+    }
+}
+
+/// `x[start + i] = min(max(x[start + i], lo), hi)` for `i < count` (the
+/// quantizer parameters' valid ranges after an update).
+#[cube(launch)]
+pub(super) fn clamp_kernel(x: &mut Array<f32>, start: u32, count: u32, lo: f32, hi: f32) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < count {
+        let j = (start + i) as usize;
+        let mut v = x[j];
+        if v < lo {
+            v = lo;
+        }
+        if v > hi {
+            v = hi;
+        }
+        x[j] = v;
+    }
+}
+
+/// `g[i] += gamma * signum(w[i])` (l1-sparse's penalty; `signum` of 0 is
+/// 1, of -0 is -1, as Rust's).
+#[cube(launch)]
+pub(super) fn add_sign_kernel(g: &mut Array<f32>, w: &Array<f32>, n: u32, gamma: f32) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    if i < n {
+        let wv = w[i as usize];
+        let mut s = 1.0f32;
+        if (u32::reinterpret(wv) >> 31u32) == 1u32 {
+            s = -1.0;
+        }
+        g[i as usize] += gamma * s;
+    }
+}

@@ -1120,4 +1120,125 @@ impl Gpu {
         ));
         Ok(())
     }
+
+    /// `out[i][j] = x[i][j] * s[j]` over `n x c`.
+    pub fn scale_cols(
+        &self,
+        x: &Buf,
+        s: &Buf,
+        n: usize,
+        c: usize,
+        out: &Buf,
+    ) -> Result<(), GpuError> {
+        check_operands(
+            "scale_cols",
+            &[("x", x, n * c), ("s", s, c), ("out", out, n * c)],
+            n * c,
+        )?;
+        let (count, dim, _) = grid_1d("scale_cols", n * c)?;
+        launch!(self, |cl, R| ew::scale_cols_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(s),
+            arg!(out),
+            n as u32,
+            c as u32
+        ));
+        Ok(())
+    }
+
+    /// `out[j] += sum_i x[i][j]` over `n x c`, the rows in order.
+    pub fn col_sums(&self, x: &Buf, n: usize, c: usize, out: &Buf) -> Result<(), GpuError> {
+        check_operands("col_sums", &[("x", x, n * c), ("out", out, c)], n * c)?;
+        let (count, dim, _) = grid_1d("col_sums", c)?;
+        launch!(self, |cl, R| ew::col_sums_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(x),
+            arg!(out),
+            n as u32,
+            c as u32
+        ));
+        Ok(())
+    }
+
+    /// The classifier's quantized input rows back as values (`n x cin`).
+    pub fn dequantize_rows(
+        &self,
+        codes: &Buf,
+        row_scale: &Buf,
+        n: usize,
+        cin: usize,
+        out: &Buf,
+    ) -> Result<(), GpuError> {
+        let words = crate::pack::row_bytes_8bit(cin) / 4;
+        check_operands(
+            "dequantize_rows",
+            &[
+                ("codes", codes, n * words),
+                ("row scale", row_scale, n),
+                ("out", out, n * cin),
+            ],
+            n * cin.max(words),
+        )?;
+        let (count, dim, _) = grid_1d("dequantize_rows", n * cin)?;
+        launch!(self, |cl, R| ew::dequantize_rows_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(codes),
+            arg!(row_scale),
+            arg!(out),
+            n as u32,
+            cin as u32,
+            words as u32
+        ));
+        Ok(())
+    }
+
+    /// Clamps `x[start..start + count]` into `[lo, hi]`.
+    pub fn clamp(
+        &self,
+        x: &Buf,
+        start: usize,
+        count: usize,
+        lo: f32,
+        hi: f32,
+    ) -> Result<(), GpuError> {
+        check_operands("clamp", &[("x", x, start + count)], start + count)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let (c, dim, _) = grid_1d("clamp", count)?;
+        launch!(self, |cl, R| ew::clamp_kernel::launch::<R>(
+            cl,
+            c,
+            dim,
+            arg!(x),
+            start as u32,
+            count as u32,
+            lo,
+            hi
+        ));
+        Ok(())
+    }
+
+    /// `g[i] += gamma * signum(w[i])` over `n`.
+    pub fn add_sign(&self, g: &Buf, w: &Buf, n: usize, gamma: f32) -> Result<(), GpuError> {
+        check_operands("add_sign", &[("g", g, n), ("w", w, n)], n)?;
+        let (count, dim, _) = grid_1d("add_sign", n)?;
+        launch!(self, |cl, R| ew::add_sign_kernel::launch::<R>(
+            cl,
+            count,
+            dim,
+            arg!(g),
+            arg!(w),
+            n as u32,
+            gamma
+        ));
+        Ok(())
+    }
 }
