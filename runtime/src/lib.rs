@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for how the modules fit together.
 
 pub mod data;
+pub mod device;
 pub mod durable;
 pub mod error;
 pub mod exec;

@@ -12,7 +12,7 @@ use crate::exec::{PassError, Targets};
 use crate::model::Model;
 use crate::optim::{cosine_lr, Sgd};
 use crate::rng::Rng;
-use crate::samples::probabilities;
+use crate::samples::{probabilities, Forward};
 
 pub use crate::samples::Samples;
 
@@ -517,10 +517,140 @@ impl Reporter<'_> {
     }
 }
 
+/// What an unlearning run trains: the model and SGD's state on the CPU
+/// ([`CpuLearner`]) or resident on a GPU (`gpu::GpuLearner`). The run's
+/// loop ([`unlearn_on`]) is the same for both.
+pub trait Learner: Forward {
+    /// One training pass; its gradients are kept for the calls below.
+    fn pass(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+        update_running: bool,
+    ) -> Result<f32, UnlearnError>;
+    /// The last pass's sum over tensors of gradient L2 norms (AGR's `G`).
+    fn grad_norm_sum(&self) -> Result<f64, UnlearnError>;
+    /// l1-sparse: the last pass's gradients `+= gamma * signum(params)`.
+    fn add_l1(&mut self, gamma: f32) -> Result<(), UnlearnError>;
+    /// One SGD step (through the saliency mask, if the learner has one)
+    /// from the last pass's gradients at rate `lr`.
+    fn step(&mut self, lr: f32) -> Result<(), UnlearnError>;
+    /// The name of a parameter tensor that is no longer finite.
+    fn nonfinite_param(&self) -> Result<Option<String>, UnlearnError>;
+    /// Every quantized layer's weight codes.
+    fn weight_codes(&self) -> Result<Vec<Vec<i8>>, UnlearnError>;
+    /// The trained model.
+    fn into_model(self: Box<Self>) -> Result<Model, UnlearnError>;
+}
+
+/// The CPU learner: the model, SGD, SalUn's mask and the last gradients.
+pub struct CpuLearner {
+    m: Model,
+    sgd: Sgd,
+    mask: Option<Vec<Vec<f32>>>,
+    grads: Vec<Vec<f32>>,
+}
+
+impl CpuLearner {
+    pub fn new(m: Model, cfg: &Config, mask: Option<Vec<Vec<f32>>>) -> CpuLearner {
+        let sgd = Sgd::new(&m, cfg.lr, cfg.momentum, cfg.weight_decay);
+        CpuLearner {
+            m,
+            sgd,
+            mask,
+            grads: Vec::new(),
+        }
+    }
+}
+
+impl Forward for CpuLearner {
+    fn logits(&self, images: &[u8], n: usize) -> Result<Vec<f32>, PassError> {
+        self.m.forward(images, n)
+    }
+    fn classes(&self) -> usize {
+        self.m.classes()
+    }
+    fn input_shape(&self) -> crate::graph::Shape {
+        self.m.graph.input_shape()
+    }
+}
+
+impl Learner for CpuLearner {
+    fn pass(
+        &mut self,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+        update_running: bool,
+    ) -> Result<f32, UnlearnError> {
+        let p = self.m.train_pass(images, n, t, update_running)?;
+        self.grads = p.grads;
+        Ok(p.loss)
+    }
+
+    fn grad_norm_sum(&self) -> Result<f64, UnlearnError> {
+        Ok(grad_norm_sum(&self.grads))
+    }
+
+    fn add_l1(&mut self, gamma: f32) -> Result<(), UnlearnError> {
+        for (g, p) in self.grads.iter_mut().zip(&self.m.params) {
+            g.iter_mut()
+                .zip(&p.data)
+                .for_each(|(g, &w)| *g += gamma * w.signum());
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, lr: f32) -> Result<(), UnlearnError> {
+        self.sgd.lr = lr;
+        self.sgd
+            .step(&mut self.m, &self.grads, self.mask.as_deref());
+        Ok(())
+    }
+
+    fn nonfinite_param(&self) -> Result<Option<String>, UnlearnError> {
+        Ok(self
+            .m
+            .params
+            .iter()
+            .find(|t| t.data.iter().any(|v| !v.is_finite()))
+            .map(|t| t.name.clone()))
+    }
+
+    fn weight_codes(&self) -> Result<Vec<Vec<i8>>, UnlearnError> {
+        Ok(self.m.weight_codes())
+    }
+
+    fn into_model(self: Box<Self>) -> Result<Model, UnlearnError> {
+        Ok(self.m)
+    }
+}
+
+/// [`unlearn_on`] on the CPU.
+pub fn unlearn(
+    model: &Model,
+    forget: Samples,
+    retain: Samples,
+    cfg: &Config,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Unlearned, UnlearnError> {
+    unlearn_on(
+        &crate::device::Device::Cpu,
+        model,
+        forget,
+        retain,
+        cfg,
+        progress,
+    )
+}
+
 /// Runs `cfg.method` on a copy of `model`, forgetting `forget` while keeping
 /// `retain`, and returns the new model. `progress` is called after every batch
-/// of every pass and may return `false` to cancel.
-pub fn unlearn(
+/// of every pass and may return `false` to cancel. The training runs on
+/// `device` (SalUn's saliency mask is computed on the CPU first).
+pub fn unlearn_on(
+    device: &crate::device::Device,
     model: &Model,
     forget: Samples,
     retain: Samples,
@@ -539,7 +669,6 @@ pub fn unlearn(
         return invalid("the retain set is empty");
     }
     let mut m = model.clone();
-    let mut sgd = Sgd::new(&m, cfg.lr, cfg.momentum, cfg.weight_decay);
     let classes = m.classes();
     let nb = |n: usize| n.div_ceil(cfg.batch);
     let steps_per_epoch = match recipe.passes {
@@ -568,7 +697,12 @@ pub fn unlearn(
         )?),
         None => None,
     };
-    let mut codes = m.weight_codes();
+    let mut l: Box<dyn Learner + '_> = match device {
+        crate::device::Device::Cpu => Box::new(CpuLearner::new(m, cfg, mask)),
+        #[cfg(feature = "gpu")]
+        crate::device::Device::Gpu(g) => Box::new(crate::gpu::GpuLearner::new(g, &m, cfg, mask)?),
+    };
+    let mut codes = l.weight_codes()?;
     for epoch in 0..cfg.epochs {
         rep.at.epoch = epoch;
         let t0 = std::time::Instant::now();
@@ -583,7 +717,7 @@ pub fn unlearn(
         let forget_targets: Vec<u32> = match recipe.relabel {
             Some(Relabel::Similar) => {
                 let batches = nb(forget.len());
-                let probs = probabilities(&m, forget.images, forget.len(), cfg.batch, &mut |b| {
+                let probs = probabilities(&*l, forget.images, forget.len(), cfg.batch, &mut |b| {
                     rep.report(Phase::SimilarLabels, b, batches).is_ok()
                 })?
                 .ok_or(UnlearnError::Cancelled)?;
@@ -596,7 +730,7 @@ pub fn unlearn(
         };
         if recipe.agr {
             let (gf, gr, nr) = agr_norms(
-                &mut m,
+                &mut *l,
                 &forget,
                 &forget_targets,
                 &retain,
@@ -663,8 +797,8 @@ pub fn unlearn(
                         weights.push(log.w_retain);
                     }
                 }
-                sgd.lr = cfg.schedule.lr(cfg.lr, step, total, epoch, cfg.epochs);
-                let mut pass = m.train_pass(
+                let lr = cfg.schedule.lr(cfg.lr, step, total, epoch, cfg.epochs);
+                let loss = l.pass(
                     &images,
                     chunk.len(),
                     Targets {
@@ -673,27 +807,22 @@ pub fn unlearn(
                     },
                     true,
                 )?;
-                if !pass.loss.is_finite() {
+                if !loss.is_finite() {
                     return Err(UnlearnError::Diverged(format!(
-                        "epoch {} step {step}: loss {}",
+                        "epoch {} step {step}: loss {loss}",
                         epoch + 1,
-                        pass.loss
                     )));
                 }
                 if l1_gamma > 0.0 {
-                    for (g, p) in pass.grads.iter_mut().zip(&m.params) {
-                        g.iter_mut()
-                            .zip(&p.data)
-                            .for_each(|(g, &w)| *g += l1_gamma * w.signum());
-                    }
+                    l.add_l1(l1_gamma)?;
                 }
-                sgd.step(&mut m, &pass.grads, mask.as_deref());
+                l.step(lr)?;
                 let nf_b = chunk.iter().filter(|c| c.0 == 0).count();
                 if nf_b == chunk.len() {
-                    lf += pass.loss as f64 * chunk.len() as f64;
+                    lf += loss as f64 * chunk.len() as f64;
                     nf += chunk.len();
                 } else if nf_b == 0 {
-                    lr_sum += pass.loss as f64 * chunk.len() as f64;
+                    lr_sum += loss as f64 * chunk.len() as f64;
                     nr += chunk.len();
                 }
                 step += 1;
@@ -702,26 +831,24 @@ pub fn unlearn(
                 rep.report(Phase::Train, batch_in_epoch, steps_per_epoch)?;
             }
         }
-        if let Some(t) = m
-            .params
-            .iter()
-            .find(|t| t.data.iter().any(|v| !v.is_finite()))
-        {
+        if let Some(t) = l.nonfinite_param()? {
             return Err(UnlearnError::Diverged(format!(
-                "epoch {}: {} is no longer finite",
+                "epoch {}: {t} is no longer finite",
                 epoch + 1,
-                t.name
             )));
         }
         log.loss_forget = (nf > 0).then(|| lf / nf as f64);
         log.loss_retain = (nr > 0).then(|| lr_sum / nr as f64);
-        let now = m.weight_codes();
+        let now = l.weight_codes()?;
         log.codes_changed = Some(codes_changed(&codes, &now));
         codes = now;
         log.seconds = t0.elapsed().as_secs_f64();
         logs.push(log);
     }
-    Ok(Unlearned { model: m, logs })
+    Ok(Unlearned {
+        model: l.into_model()?,
+        logs,
+    })
 }
 
 /// G_f and G_r of AGR: the mean over batches of the sum of per-tensor gradient
@@ -729,7 +856,7 @@ pub fn unlearn(
 /// randomly drawn retain batches as the forget set has (all when fewer).
 /// Running statistics are not updated by these passes.
 fn agr_norms(
-    m: &mut Model,
+    m: &mut dyn Learner,
     forget: &Samples,
     targets: &[u32],
     retain: &Samples,
@@ -741,7 +868,7 @@ fn agr_norms(
     let fb = forget.len().div_ceil(batch);
     let batches = fb + fb.min(retain.len().div_ceil(batch));
     let mut done = 0;
-    let mut mean_norm = |m: &mut Model,
+    let mut mean_norm = |m: &mut dyn Learner,
                          s: &Samples,
                          t: &[u32],
                          idx: &[usize],
@@ -752,7 +879,7 @@ fn agr_norms(
         for chunk in idx.chunks(batch) {
             let labels: Vec<u32> = chunk.iter().map(|&i| t[i]).collect();
             let w = vec![1.0f32; chunk.len()];
-            let p = m.train_pass(
+            m.pass(
                 &s.gather(chunk, image_len),
                 chunk.len(),
                 Targets {
@@ -761,7 +888,7 @@ fn agr_norms(
                 },
                 false,
             )?;
-            sum += grad_norm_sum(&p.grads);
+            sum += m.grad_norm_sum()?;
             count += 1;
             done += 1;
             rep.report(Phase::GradientNorms, done, batches)?;

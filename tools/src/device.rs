@@ -2,39 +2,34 @@
 //! a build with the `gpu` feature (`cuda` for CUDA); opening one checks that
 //! the device exists and turns its absence into an error.
 //!
-//! So far the GPU runs the eval forward (`qmul eval`: test accuracy, and FA,
-//! RA, TA and MIA with `--forget`); the commands that train or unlearn
-//! refuse a GPU device with a message saying so, rather than silently
-//! running on the CPU.
+//! On a GPU: `qmul eval` (the forward of every figure) and the training of
+//! `qmul unlearn` and `qmul demo` (the session's evaluation and deletion
+//! check stay on the CPU); `train`, `experiment` and `bench` refuse a GPU
+//! device with a message saying so, rather than silently running on the CPU.
 
-/// A device a command runs on.
-pub enum Device {
-    Cpu,
-    #[cfg(feature = "gpu")]
-    Gpu(qmul_kernels::gpu::Gpu),
-}
+pub use qmul_runtime::device::Device;
 
 /// The device names `--device` takes.
 pub const NAMES: [&str; 3] = ["cpu", "wgpu", "cuda"];
 
-impl Device {
-    /// Opens the device `name` (one of [`NAMES`]).
-    pub fn open(name: &str) -> Result<Device, String> {
-        match name {
-            "cpu" => Ok(Device::Cpu),
-            "wgpu" | "cuda" => open_gpu(name),
-            other => Err(format!("unknown device {other:?} (cpu, wgpu or cuda)")),
-        }
+/// Opens the device `name` (one of [`NAMES`]).
+pub fn open(name: &str) -> Result<Device, String> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "wgpu" | "cuda" => open_gpu(name),
+        other => Err(format!("unknown device {other:?} (cpu, wgpu or cuda)")),
     }
+}
 
-    /// How the device describes itself.
-    pub fn name(&self) -> String {
-        match self {
-            Device::Cpu => format!("cpu ({} kernels)", qmul_kernels::active().name),
-            #[cfg(feature = "gpu")]
-            Device::Gpu(g) => g.name().to_string(),
-        }
+static OPENED: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+
+/// The device `--device` selected, opened once per process.
+pub fn current() -> Result<Device, String> {
+    if let Some(d) = OPENED.get() {
+        return Ok(d.clone());
     }
+    let d = open(selected())?;
+    Ok(OPENED.get_or_init(|| d).clone())
 }
 
 #[cfg(feature = "gpu")]
@@ -42,7 +37,7 @@ fn open_gpu(name: &str) -> Result<Device, String> {
     use qmul_kernels::gpu::{Backend, Gpu};
     let backend = Backend::parse(name).ok_or_else(|| format!("unknown GPU backend {name:?}"))?;
     Gpu::open(backend)
-        .map(Device::Gpu)
+        .map(|g| Device::Gpu(std::sync::Arc::new(g)))
         .map_err(|e| format!("--device {name}: {e}"))
 }
 
@@ -73,8 +68,8 @@ pub fn require_cpu(command: &str) -> Result<(), String> {
     match selected() {
         "cpu" => Ok(()),
         d => Err(format!(
-            "--device {d}: `qmul {command}` runs on the CPU only so far; the GPU path \
-             runs the eval forward (`qmul eval --device {d}`)"
+            "--device {d}: `qmul {command}` runs on the CPU only so far; the GPU runs \
+             `qmul eval`, `qmul unlearn` and `qmul demo`"
         )),
     }
 }

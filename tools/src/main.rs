@@ -17,8 +17,8 @@ struct Cli {
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
     /// Where the work runs: cpu, or a GPU through wgpu (Vulkan, Metal, DX12)
-    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU path runs
-    /// `eval` so far; the other commands refuse a GPU.
+    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `eval`
+    /// and the training of `unlearn` and `demo`; the other commands refuse it.
     #[arg(long, global = true, value_parser = qmul_tools::device::NAMES, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -73,8 +73,8 @@ fn main() -> ExitCode {
         Cmd::Train(a) => cpu_only("train").and_then(|_| cli::train(a)),
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
-        Cmd::Unlearn(a) => cpu_only("unlearn").and_then(|_| cli::unlearn_cmd(a)),
-        Cmd::Demo(a) => cpu_only("demo").and_then(|_| cli::demo(a)),
+        Cmd::Unlearn(a) => cli::unlearn_cmd(a),
+        Cmd::Demo(a) => cli::demo(a),
         Cmd::Experiment(a) => cpu_only("experiment").and_then(|_| cli::experiment(a)),
         Cmd::Report(a) => cli::render(a),
         Cmd::Receipts(a) => cli::receipts(a),

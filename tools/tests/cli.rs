@@ -866,10 +866,14 @@ fn the_device_flag_is_honoured_or_refused_clearly() {
         "runs on the CPU only so far",
     );
     fail_with(
-        qmul().args(["--device", "cuda", "demo"]),
+        qmul().args(["--device", "wgpu", "bench", "--only", "layers"]),
         "runs on the CPU only so far",
     );
     if !cfg!(feature = "gpu") {
+        fail_with(
+            qmul().args(["--device", "cuda", "demo"]),
+            "built without GPU support",
+        );
         fail_with(
             qmul().args([
                 "--device", "wgpu", "eval", "--model", model, "--data", "subset",

@@ -11,8 +11,10 @@
 //! Quantized models only (4-bit body, 8-bit stem and classifier, or any mix
 //! of 4- and 8-bit layers): a float layer is a clear error.
 
+mod learner;
 mod train;
 
+pub use learner::GpuLearner;
 pub use train::{DevicePass, DeviceSgd};
 
 use crate::exec::{last_uses, PassError};

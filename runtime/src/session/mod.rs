@@ -328,6 +328,8 @@ pub struct Session {
     /// FA/MIA of the current model on the current sets.
     baseline: Option<Forgetting>,
     cancel: Arc<AtomicBool>,
+    /// Where unlearning trains (the CPU unless [`Session::set_device`]).
+    device: crate::device::Device,
 }
 
 fn now_unix() -> u64 {
@@ -368,6 +370,7 @@ impl Session {
             candidate: None,
             baseline: None,
             cancel: Arc::new(AtomicBool::new(false)),
+            device: crate::device::Device::Cpu,
         };
         if s.resident() > budget {
             return Err(budget_error("holding the model", s.resident(), budget));
@@ -743,7 +746,7 @@ impl Session {
         let started_unix = now_unix();
         let t0 = Instant::now();
         let probe = alloc::Probe::start();
-        let out = unlearn::unlearn(self.current.model(), f, r, &cfg, &mut |pr| {
+        let out = unlearn::unlearn_on(&self.device, self.current.model(), f, r, &cfg, &mut |pr| {
             !cancel.load(Ordering::SeqCst) && progress(&pr)
         })?;
         let report = UnlearnReport {
@@ -764,6 +767,18 @@ impl Session {
             after: None,
         });
         Ok(&c.report)
+    }
+
+    /// Chooses where this session's unlearning trains. Evaluation,
+    /// verification and the memory plan stay on the CPU (the budget is the
+    /// host's memory).
+    pub fn set_device(&mut self, device: crate::device::Device) {
+        self.device = device;
+    }
+
+    /// Where this session's unlearning trains.
+    pub fn device(&self) -> &crate::device::Device {
+        &self.device
     }
 
     /// Adopts a model made elsewhere (the `qmul` command's Retrain baseline)

@@ -75,6 +75,10 @@ pub fn demo(a: DemoArgs) -> Result<(), String> {
         te.len(),
         qmul_kernels::active().name
     );
+    let device = crate::device::current()?;
+    if !matches!(device, crate::device::Device::Cpu) {
+        println!("unlearning trains on {}", device.name());
+    }
     // The two requests work on a copy of the shipped model, replaced in place
     // by each commit, as an app's model file would be.
     let device_model = a.out_dir.join("model.qmul");

@@ -33,7 +33,7 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
     let model = model_file::load(&a.model).map_err(|e| e.to_string())?;
     let (tr, te) = a.data.load()?;
     check_compatible(&model, &te)?;
-    let device = Device::open(crate::device::selected())?;
+    let device = crate::device::current()?;
     if !a.json {
         eprintln!("device: {}", device.name());
     }
@@ -50,7 +50,8 @@ fn with_forward(
         Device::Cpu => f(model),
         #[cfg(feature = "gpu")]
         Device::Gpu(g) => {
-            let dm = qmul_runtime::gpu::DeviceModel::upload(g, model).map_err(|e| e.to_string())?;
+            let dm = qmul_runtime::gpu::DeviceModel::upload(g.as_ref(), model)
+                .map_err(|e| e.to_string())?;
             f(&dm)
         }
     }

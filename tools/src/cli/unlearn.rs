@@ -136,6 +136,7 @@ pub fn session_for(
 ) -> Result<Session, String> {
     let s = |e: qmul_runtime::error::Error| e.to_string();
     let mut session = Session::new(model, budget).map_err(s)?;
+    session.set_device(crate::device::current()?);
     session.set_forget_indices(tr, &split.forget).map_err(s)?;
     session
         .set_retain_indices(tr, Some(&split.retain))
