@@ -4,7 +4,7 @@
 # and the GPU harness, both with the CUDA and wgpu runtimes (libcuda is
 # loaded at run time, so no CUDA toolkit is needed to build).
 #
-#   benches/gpu/build.sh          -> benches/gpu/bin/{gpu_bench,gpu_harness}
+#   benches/gpu/build.sh          -> benches/gpu/bin/{gpu_bench,gpu_harness,gpu_ops,qmul}
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=benches/gpu/bin
@@ -19,4 +19,14 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_harness" and m.get("executable"):
         print(m["executable"])')
 cp "$harness" "$out/gpu_harness"
+ops=$(cargo test --release -p qmul-runtime --features gpu,qmul-kernels/cuda --test gpu_ops --no-run \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gpu_ops" and m.get("executable"):
+        print(m["executable"])')
+cp "$ops" "$out/gpu_ops"
+cargo build --release -p qmul-tools --features cuda
+cp "${CARGO_TARGET_DIR:-target}/release/qmul" "$out/qmul"
 ls -la "$out"

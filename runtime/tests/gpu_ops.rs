@@ -43,6 +43,15 @@ fn gpu() -> Option<Gpu> {
     }
 }
 
+/// The repository (the shipped model and data): `QMUL_REPO_ROOT`, for a
+/// test binary built on one machine and run on another
+/// (`benches/gpu/run.sh`), else where this crate was built.
+fn repo_root() -> std::path::PathBuf {
+    std::env::var_os("QMUL_REPO_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
 fn uniform(r: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
         .map(|_| lo + (hi - lo) * r.uniform() as f32)
@@ -677,7 +686,7 @@ fn compare_forward(g: &Gpu, model: &qmul_runtime::Model, images: &[u8], n: usize
 #[test]
 fn device_forward_matches_the_cpu_forward() {
     let Some(g) = gpu() else { return };
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let model = qmul_runtime::model_file::load(
         &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
     )
@@ -779,7 +788,7 @@ fn device_training_pass_and_sgd_match_the_cpu() {
     use qmul_runtime::Targets;
     let Some(g) = gpu() else { return };
     qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let shipped = qmul_runtime::model_file::load(
         &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
     )
