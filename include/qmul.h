@@ -102,6 +102,27 @@ typedef int32_t qmul_backward;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// Devices a session's unlearning can train on.
+enum qmul_device
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  // The CPU (the default).
+  QMUL_DEVICE_CPU = 0,
+  // A GPU through wgpu (Vulkan, Metal, DX12).
+  QMUL_DEVICE_WGPU = 1,
+  // An NVIDIA GPU through CUDA.
+  QMUL_DEVICE_CUDA = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum qmul_device qmul_device;
+#else
+typedef int32_t qmul_device;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
 // A data set in memory (opaque). Immutable: threads may share it.
 typedef struct qmul_dataset qmul_dataset;
 
@@ -514,6 +535,17 @@ int32_t qmul_session_unlearn(const struct qmul_session *session,
                              qmul_progress_fn progress,
                              void *user_data,
                              struct qmul_unlearn_result *result);
+
+// Chooses where the session's unlearning trains (a `qmul_device`): the
+// model, gradients and optimiser state stay on that device for the whole
+// run; evaluation, verification and the memory plan stay on the CPU. A
+// library built without the `gpu` feature (`cuda` for CUDA), or a machine
+// without the device, gives `QMUL_ERR_UNSUPPORTED` and keeps the device
+// it had.
+//
+// # Safety
+// `session` is a live handle.
+int32_t qmul_session_set_device(const struct qmul_session *session, int32_t device);
 
 // Asks the session's unlearning in progress to stop at its next batch. Any
 // thread may call it at any time; without a run in progress it has no effect.

@@ -108,6 +108,7 @@ int main(int argc, char **argv) {
     CHECK(qmul_get_backward() == QMUL_BACKWARD_BF16 || qmul_get_backward() == QMUL_BACKWARD_F32,
           "bf16 where the CPU has it, else f32");
     printf("backward: %s\n", qmul_get_backward() == QMUL_BACKWARD_BF16 ? "bf16" : "f32");
+    EXPECT(qmul_session_set_device(NULL, QMUL_DEVICE_CPU), QMUL_ERR_NULL_POINTER);
 
     /* Bad input is a status, never a crash. */
     qmul_model *model = (qmul_model *)1;
@@ -150,6 +151,14 @@ int main(int argc, char **argv) {
     sp.budget_bytes = 24u << 20; /* small: the automatic batch must fit it */
     qmul_session *session = NULL;
     EXPECT(qmul_session_open(model, &sp, &session), QMUL_OK);
+    /* Where unlearning trains: the CPU; a GPU needs a library built with the `gpu` feature. */
+    EXPECT(qmul_session_set_device(session, QMUL_DEVICE_CPU), QMUL_OK);
+    EXPECT(qmul_session_set_device(session, 7), QMUL_ERR_INVALID_ARGUMENT);
+    {
+        int32_t rc = qmul_session_set_device(session, QMUL_DEVICE_WGPU);
+        CHECK(rc == QMUL_OK || rc == QMUL_ERR_UNSUPPORTED, "a GPU device is set or unsupported");
+        EXPECT(qmul_session_set_device(session, QMUL_DEVICE_CPU), QMUL_OK);
+    }
     qmul_session_params tiny = sp;
     tiny.budget_bytes = 1000;
     qmul_session *refused = (qmul_session *)1;

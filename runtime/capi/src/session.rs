@@ -703,6 +703,71 @@ pub unsafe extern "C" fn qmul_session_unlearn(
     })
 }
 
+/// Devices a session's unlearning can train on.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum qmul_device {
+    /// The CPU (the default).
+    QMUL_DEVICE_CPU = 0,
+    /// A GPU through wgpu (Vulkan, Metal, DX12).
+    QMUL_DEVICE_WGPU = 1,
+    /// An NVIDIA GPU through CUDA.
+    QMUL_DEVICE_CUDA = 2,
+}
+
+/// Chooses where the session's unlearning trains (a `qmul_device`): the
+/// model, gradients and optimiser state stay on that device for the whole
+/// run; evaluation, verification and the memory plan stay on the CPU. A
+/// library built without the `gpu` feature (`cuda` for CUDA), or a machine
+/// without the device, gives `QMUL_ERR_UNSUPPORTED` and keeps the device
+/// it had.
+///
+/// # Safety
+/// `session` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn qmul_session_set_device(session: *const qmul_session, device: i32) -> i32 {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let s = unsafe { arg(session, "session")? };
+        let d = open_device(device)?;
+        s.lock()?.set_device(d);
+        Ok(())
+    })
+}
+
+fn open_device(device: i32) -> Result<qmul_runtime::device::Device> {
+    use qmul_runtime::device::Device;
+    let name = match device {
+        x if x == qmul_device::QMUL_DEVICE_CPU as i32 => return Ok(Device::Cpu),
+        x if x == qmul_device::QMUL_DEVICE_WGPU as i32 => "wgpu",
+        x if x == qmul_device::QMUL_DEVICE_CUDA as i32 => "cuda",
+        x => {
+            return Err(Error::invalid(format!(
+                "unknown device {x} (see qmul_device)"
+            )))
+        }
+    };
+    open_gpu(name)
+}
+
+#[cfg(feature = "gpu")]
+fn open_gpu(name: &str) -> Result<qmul_runtime::device::Device> {
+    use qmul_kernels::gpu::{Backend, Gpu};
+    let backend = Backend::parse(name).ok_or_else(|| Error::invalid("unknown backend"))?;
+    Gpu::open(backend)
+        .map(|g| qmul_runtime::device::Device::Gpu(std::sync::Arc::new(g)))
+        .map_err(|e| Error::new(ErrorKind::Unsupported, format!("{name}: {e}")))
+}
+
+#[cfg(not(feature = "gpu"))]
+fn open_gpu(name: &str) -> Result<qmul_runtime::device::Device> {
+    Err(Error::new(
+        ErrorKind::Unsupported,
+        format!("{name}: this library was built without GPU support (the qmul-capi feature `gpu`, or `cuda`)"),
+    ))
+}
+
 /// Asks the session's unlearning in progress to stop at its next batch. Any
 /// thread may call it at any time; without a run in progress it has no effect.
 ///
