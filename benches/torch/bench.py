@@ -82,6 +82,8 @@ def parse_args(argv=None):
                    help="default 0.01 (train, as qmul bench), 0.05 (unlearn, qmul's Q-MUL default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where the network runs (cuda: train and infer phases)")
     a = p.parse_args(argv)
     bad = [n for n in ("width", "batch", "threads", "steps", "forget_batches", "retain_batches")
            if getattr(a, n) < 1] + [n for n in ("warmup",) if a.warmup < 0]
@@ -161,6 +163,12 @@ def main():
     sys.path.insert(0, os.path.join(REPO, "tools", "python"))
     import qmul_torch as qt
 
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            emit({"phase": args.phase, "error": "--device cuda: torch sees no CUDA device"}, 1)
+        if args.phase == "unlearn":
+            emit({"phase": args.phase, "error": "--device cuda: the train and infer phases only"}, 1)
+        _SYNC[0] = torch.cuda.synchronize
     rss_import = peak_rss_mb()
     base = {
         "torch": torch.__version__,
@@ -171,6 +179,7 @@ def main():
         "phase": args.phase,
         "scheme": args.scheme,
         "compiled": bool(args.compile),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "rss_import_mb": round(rss_import, 1),
     }
     try:
@@ -186,7 +195,7 @@ def main():
 def setup(args, torch, qt):
     torch.manual_seed(args.seed)
     hw = 28 if args.channels == 1 else 32
-    net = qt.QResNet18(args.width, args.channels, args.classes, args.scheme)
+    net = qt.QResNet18(args.width, args.channels, args.classes, args.scheme).to(args.device)
     fwd = net
     if args.compile:
         if not hasattr(torch, "compile"):
@@ -199,7 +208,7 @@ def setup(args, torch, qt):
         # (torch's generator: the same distribution as qmul's, not the same values.)
         px = torch.randint(0, 256, (n, hw, hw, args.channels), dtype=torch.uint8, generator=g)
         y = torch.randint(0, args.classes, (n,), generator=g)
-        return px, y
+        return px.to(args.device), y.to(args.device)
 
     return net, fwd, batch_of
 
@@ -209,11 +218,16 @@ def median(ts):
     return sorted(ts)[len(ts) // 2]
 
 
+_SYNC = [lambda: None]
+
+
 def step_times(n, fn):
+    """Seconds of `n` calls of `fn`, each including its wait for the device."""
     ts = []
     for _ in range(n):
         t0 = time.perf_counter()
         fn()
+        _SYNC[0]()
         ts.append(time.perf_counter() - t0)
     return ts
 

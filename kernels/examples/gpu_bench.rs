@@ -3,7 +3,8 @@
 //! the integer forward (`m x cout x kdim`, 4-bit codes; the stem 8-bit),
 //! `dX` (`m x kdim x cout`, the weights' 4-bit codes widened in the kernel)
 //! and `dW` (`cout x kdim x m`, the input codes widened). Prints the device
-//! and, per shape, milliseconds and G op/s (2 ops per multiply-add).
+//! and its copy bandwidth, and per shape, milliseconds and G op/s (2 ops
+//! per multiply-add).
 //!
 //!     cargo run --release -p qmul-kernels --features gpu --example gpu_bench -- [BATCH] [wgpu|cuda]
 //!
@@ -51,6 +52,22 @@ fn main() -> Result<(), String> {
     let gpu = Gpu::open(backend).map_err(|e| e.to_string())?;
     println!("# GPU GEMMs of ResNet-18 (width 64, 3x32x32), batch {batch}");
     println!("device: {}", gpu.name());
+    // The device's memory bandwidth as this code reaches it: a copy of
+    // 64 MiB (read + write; past any L2) with the element kernels' launch
+    // shape.
+    let n = 16 << 20;
+    let (src, dst) = (
+        gpu.zeros(n).map_err(|e| e.to_string())?,
+        gpu.scratch(n).unwrap(),
+    );
+    let s = time(&gpu, 5, || {
+        gpu.copy(&src, &dst, n).map_err(|e| e.to_string())
+    })?;
+    println!(
+        "copy bandwidth: {:.0} GB/s (64 MiB read and written in {:.3} ms)",
+        2.0 * 4.0 * n as f64 / s / 1e9,
+        s * 1e3
+    );
     println!();
     println!("| layer (m x cout x kdim) | convs | int forward ms | G op/s | dX f32 ms | GFLOP/s | dW f32 ms | GFLOP/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
@@ -73,10 +90,10 @@ fn main() -> Result<(), String> {
         let ops = 2.0 * (m * cout * kd) as f64;
         let reps = ((2e10 / ops) as usize).clamp(2, 50);
         // Forward: A = input columns (m rows of codes), B = weights.
-        let a = gpu.upload_bytes(&vec![0x35u8; m * rb]);
-        let w = gpu.upload_bytes(&vec![0x7au8; cout * rb]);
-        let s = gpu.upload_f32(&vec![0.01; cout]);
-        let c = gpu.upload_f32(&vec![0.0; m * cout]);
+        let a = gpu.upload_bytes(&vec![0x35u8; m * rb]).unwrap();
+        let w = gpu.upload_bytes(&vec![0x7au8; cout * rb]).unwrap();
+        let s = gpu.upload_f32(&vec![0.01; cout]).unwrap();
+        let c = gpu.upload_f32(&vec![0.0; m * cout]).unwrap();
         let d = QGemmDims {
             m,
             n: cout,
@@ -94,8 +111,8 @@ fn main() -> Result<(), String> {
         let dx = if eight {
             None
         } else {
-            let dy = gpu.upload_f32(&vec![0.001; m * cout]);
-            let cols = gpu.upload_f32(&vec![0.0; m * kd]);
+            let dy = gpu.upload_f32(&vec![0.001; m * cout]).unwrap();
+            let cols = gpu.upload_f32(&vec![0.0; m * kd]).unwrap();
             let d = SGemmDims {
                 m,
                 n: kd,
@@ -114,8 +131,8 @@ fn main() -> Result<(), String> {
             })?)
         };
         // dW = dY^T (cout x m) * input codes (m rows of kd).
-        let dy = gpu.upload_f32(&vec![0.001; m * cout]);
-        let dw = gpu.upload_f32(&vec![0.0; cout * kd]);
+        let dy = gpu.upload_f32(&vec![0.001; m * cout]).unwrap();
+        let dw = gpu.upload_f32(&vec![0.0; cout * kd]).unwrap();
         let d = SGemmDims {
             m: cout,
             n: kd,

@@ -60,7 +60,7 @@ fn uniform(r: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 
 /// An output buffer filled with NaN, so a kernel that writes nothing fails.
 fn poisoned(g: &Gpu, n: usize) -> Buf {
-    let b = g.scratch(n);
+    let b = g.scratch(n).unwrap();
     g.fill(&b, n, f32::NAN).unwrap();
     b
 }
@@ -134,8 +134,8 @@ fn activation_codes_equal_the_cpu_codes() {
             let mut qs = vec![9.0f32];
             qs.extend(&q);
             let (xb, qb, out) = (
-                g.upload_f32(&x),
-                g.upload_f32(&qs),
+                g.upload_f32(&x).unwrap(),
+                g.upload_f32(&qs).unwrap(),
                 poisoned(&g, n.div_ceil(8)),
             );
             g.act_codes(quant, &xb, n, (&qb, 1), &out).unwrap();
@@ -163,9 +163,13 @@ fn activation_backward_matches_the_cpu() {
             let mut dx = vec![0.0f32; n];
             let mut dq = vec![0.25f32; q.len()];
             act::backward(scheme, &q, &x, &dy, &mut dx, &mut dq, features);
-            let (xb, dyb, qb) = (g.upload_f32(&x), g.upload_f32(&dy), g.upload_f32(&q));
+            let (xb, dyb, qb) = (
+                g.upload_f32(&x).unwrap(),
+                g.upload_f32(&dy).unwrap(),
+                g.upload_f32(&q).unwrap(),
+            );
             let dxb = poisoned(&g, n);
-            let dqb = g.upload_f32(&vec![0.25f32; q.len().max(1)]);
+            let dqb = g.upload_f32(&vec![0.25f32; q.len().max(1)]).unwrap();
             g.act_backward(quant, &xb, &dyb, n, (&qb, 0), &dxb, (&dqb, 0), features)
                 .unwrap();
             let got = down(&g, &dxb, n);
@@ -207,10 +211,10 @@ fn batchnorm_matches_the_cpu() {
         let beta = uniform(&mut r, c, -0.5, 0.5);
         let st = bn::batch_stats(&x, c);
         let (xb, dyb, gb, bb) = (
-            g.upload_f32(&x),
-            g.upload_f32(&dy),
-            g.upload_f32(&gamma),
-            g.upload_f32(&beta),
+            g.upload_f32(&x).unwrap(),
+            g.upload_f32(&dy).unwrap(),
+            g.upload_f32(&gamma).unwrap(),
+            g.upload_f32(&beta).unwrap(),
         );
         let gs = g.bn_stats(&xb, rows, c, bn::EPS).unwrap();
         let what = format!("{rows} x {c}");
@@ -235,9 +239,9 @@ fn batchnorm_matches_the_cpu() {
         // The rest from the CPU's statistics, so each kernel is held to its
         // own budget.
         let cs = qmul_kernels::gpu::BnStats {
-            mean: g.upload_f32(&st.mean),
-            var: g.upload_f32(&st.var),
-            invstd: g.upload_f32(&st.invstd),
+            mean: g.upload_f32(&st.mean).unwrap(),
+            var: g.upload_f32(&st.var).unwrap(),
+            invstd: g.upload_f32(&st.invstd).unwrap(),
         };
         for relu in [false, true] {
             let want = if relu {
@@ -255,7 +259,7 @@ fn batchnorm_matches_the_cpu() {
             );
         }
         let (mut rm, mut rv) = (uniform(&mut r, c, -1.0, 1.0), uniform(&mut r, c, 0.5, 2.0));
-        let (rmb, rvb) = (g.upload_f32(&rm), g.upload_f32(&rv));
+        let (rmb, rvb) = (g.upload_f32(&rm).unwrap(), g.upload_f32(&rv).unwrap());
         bn::update_running(&st, rows, &mut rm, &mut rv);
         g.bn_update_running(&cs, rows, c, bn::MOMENTUM, (&rmb, &rvb))
             .unwrap();
@@ -274,8 +278,8 @@ fn batchnorm_matches_the_cpu() {
         let (mut dgamma, mut dbeta) = (vec![0.5f32; c], vec![-0.5f32; c]);
         let dx = bn::backward(&x, &dy, &gamma, &st, &mut dgamma, &mut dbeta);
         let (dgb, dbb, dxb) = (
-            g.upload_f32(&vec![0.5f32; c]),
-            g.upload_f32(&vec![-0.5f32; c]),
+            g.upload_f32(&vec![0.5f32; c]).unwrap(),
+            g.upload_f32(&vec![-0.5f32; c]).unwrap(),
             poisoned(&g, n),
         );
         g.bn_backward(&xb, &dyb, rows, c, &gb, &cs, &dgb, &dbb, &dxb)
@@ -314,7 +318,11 @@ fn add_and_pooling_equal_the_cpu() {
         let a = uniform(&mut r, len, -1.0, 1.0);
         let b = uniform(&mut r, len, -1.0, 1.0);
         let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
-        let (ab, bb, yb) = (g.upload_f32(&a), g.upload_f32(&b), poisoned(&g, len));
+        let (ab, bb, yb) = (
+            g.upload_f32(&a).unwrap(),
+            g.upload_f32(&b).unwrap(),
+            poisoned(&g, len),
+        );
         g.add(&ab, &bb, len, &yb).unwrap();
         bits_equal("add", &down(&g, &yb, len), &want);
         let pooled = pool::gap_forward(&a, n, hw, c);
@@ -323,7 +331,7 @@ fn add_and_pooling_equal_the_cpu() {
         bits_equal(&format!("gap {n}x{hw}x{c}"), &down(&g, &pb, n * c), &pooled);
         let dy = uniform(&mut r, n * c, -1.0, 1.0);
         let dx = pool::gap_backward(&dy, n, hw, c);
-        let (dyb, dxb) = (g.upload_f32(&dy), poisoned(&g, len));
+        let (dyb, dxb) = (g.upload_f32(&dy).unwrap(), poisoned(&g, len));
         g.gap_backward(&dyb, n, hw, c, &dxb).unwrap();
         bits_equal(
             &format!("gap backward {n}x{hw}x{c}"),
@@ -353,9 +361,9 @@ fn loss_softmax_and_similar_labels_match_the_cpu() {
             .collect();
         let (want_loss, want_grad) = loss::weighted_ce(&logits, classes, &targets, &weights);
         let (lb, tb, wb) = (
-            g.upload_f32(&logits),
-            g.upload_u32(&targets),
-            g.upload_f32(&weights),
+            g.upload_f32(&logits).unwrap(),
+            g.upload_u32(&targets).unwrap(),
+            g.upload_f32(&weights).unwrap(),
         );
         let (gb, lossb) = (poisoned(&g, n * classes), g.zeros(1).unwrap());
         g.weighted_ce(&lb, &tb, &wb, n, classes, &gb, (&lossb, 0))
@@ -383,7 +391,7 @@ fn loss_softmax_and_similar_labels_match_the_cpu() {
             &[1.0],
         );
         let want_sl = qmul_runtime::unlearn::similar_labels(&want_p, classes, &targets);
-        let (cpu_p, out) = (g.upload_f32(&want_p), poisoned(&g, n));
+        let (cpu_p, out) = (g.upload_f32(&want_p).unwrap(), poisoned(&g, n));
         g.similar_labels(&cpu_p, &tb, n, classes, &out).unwrap();
         assert_eq!(
             g.download_u32(&out, n).unwrap(),
@@ -441,7 +449,11 @@ fn sgd_and_gradient_norms_match_the_cpu() {
         .collect();
     for masked in [false, true] {
         let mut m = model.clone();
-        let start: Vec<Buf> = m.params.iter().map(|t| g.upload_f32(&t.data)).collect();
+        let start: Vec<Buf> = m
+            .params
+            .iter()
+            .map(|t| g.upload_f32(&t.data).unwrap())
+            .collect();
         let vel: Vec<Buf> = m
             .params
             .iter()
@@ -451,8 +463,8 @@ fn sgd_and_gradient_norms_match_the_cpu() {
         for _ in 0..3 {
             sgd.step(&mut m, &grads, masked.then_some(&mask[..]));
             for (t, ((p, v), gr)) in start.iter().zip(&vel).zip(&grads).enumerate() {
-                let gb = g.upload_f32(gr);
-                let mb = g.upload_f32(&mask[t]);
+                let gb = g.upload_f32(gr).unwrap();
+                let mb = g.upload_f32(&mask[t]).unwrap();
                 g.sgd(p, &gb, v, masked.then_some(&mb), gr.len(), 0.05, 0.9, 5e-4)
                     .unwrap();
             }
@@ -468,7 +480,7 @@ fn sgd_and_gradient_norms_match_the_cpu() {
     }
     let norms = g.zeros(grads.len()).unwrap();
     for (t, gr) in grads.iter().enumerate() {
-        g.sum_squares(&g.upload_f32(gr), gr.len(), &norms, t)
+        g.sum_squares(&g.upload_f32(gr).unwrap(), gr.len(), &norms, t)
             .unwrap();
     }
     let got: f64 = down(&g, &norms, grads.len())
@@ -493,6 +505,13 @@ fn large_grids_and_bad_sizes() {
     let v = down(&g, &s, 1)[0] as f64;
     let want = 2.25 * n as f64;
     assert!((v - want).abs() <= 1e-4 * want, "{v} vs {want}");
+    // A buffer past the device's limit is an error, not a panic on the
+    // runtime's thread (wgpu binds at most a few hundred MiB; CUDA has no
+    // such limit below its memory).
+    if g.name().starts_with("wgpu") {
+        assert!(g.scratch(1 << 31).is_err());
+        assert!(g.upload_f32(&vec![0.0f32; 1 << 28]).is_err());
+    }
     let small = poisoned(&g, 10);
     assert!(g.fill(&small, 11, 0.0).is_err());
     assert!(g.add(&small, &small, 11, &small).is_err());
@@ -545,7 +564,7 @@ fn weight_quantizers_match_the_cpu() {
                     .collect()
             };
             let rb = gk.row_bytes(k);
-            let (wb, qb) = (g.upload_f32(&w), g.upload_f32(&q));
+            let (wb, qb) = (g.upload_f32(&w).unwrap(), g.upload_f32(&q).unwrap());
             let (codes, scale) = (poisoned(&g, cout * rb / 4), poisoned(&g, cout));
             g.weight_codes(gk, &wb, cout, k, (&qb, 0), &codes, &scale)
                 .unwrap();
@@ -563,8 +582,8 @@ fn weight_quantizers_match_the_cpu() {
             let dwq = uniform(&mut r, cout * k, -1.0, 1.0);
             let (mut dw, mut dq) = (vec![0.0f32; cout * k], vec![0.5f32; q.len()]);
             weight::backward(ck, &q, &w, &dwq, cout, &mut dw, &mut dq);
-            let (dwqb, dwb) = (g.upload_f32(&dwq), poisoned(&g, cout * k));
-            let dqb = g.upload_f32(&vec![0.5f32; q.len().max(1)]);
+            let (dwqb, dwb) = (g.upload_f32(&dwq).unwrap(), poisoned(&g, cout * k));
+            let dqb = g.upload_f32(&vec![0.5f32; q.len().max(1)]).unwrap();
             g.weight_backward(gk, &wb, &dwqb, cout, k, (&qb, 0), &dwb, (&dqb, 0))
                 .unwrap();
             let got = down(&g, &dwb, cout * k);
@@ -635,7 +654,7 @@ fn im2col_and_col2im_equal_the_cpu() {
             } else {
                 im2col::im2col_u8(&cg, &src)
             };
-            let sb = g.upload_bytes(&src);
+            let sb = g.upload_bytes(&src).unwrap();
             let dst = poisoned(&g, want.len() / 4);
             g.im2col_codes(bits, &sb, gs, &dst).unwrap();
             assert_eq!(
@@ -649,7 +668,7 @@ fn im2col_and_col2im_equal_the_cpu() {
         let start = uniform(&mut r, len, -1.0, 1.0);
         let mut want = start.clone();
         im2col::col2im_add(&cg, &cols, ld, &mut want);
-        let (cb, dxb) = (g.upload_f32(&cols), g.upload_f32(&start));
+        let (cb, dxb) = (g.upload_f32(&cols).unwrap(), g.upload_f32(&start).unwrap());
         g.col2im_add(&cb, ld, gs, &dxb).unwrap();
         bits_equal(&format!("col2im {what}"), &down(&g, &dxb, len), &want);
     }
@@ -899,7 +918,7 @@ fn device_training_pass_and_sgd_match_the_cpu() {
         // Three SGD steps on each side from the same gradients.
         let mut sgd = qmul_runtime::optim::Sgd::new(&m, 0.05, 0.9, 5e-4);
         let mut dsgd = DeviceSgd::new(&dm, 0.05, 0.9, 5e-4).unwrap();
-        let grads_dev: Vec<Buf> = cpu.grads.iter().map(|v| g.upload_f32(v)).collect();
+        let grads_dev: Vec<Buf> = cpu.grads.iter().map(|v| g.upload_f32(v).unwrap()).collect();
         for _ in 0..3 {
             sgd.step(&mut m, &cpu.grads, None);
             dsgd.step(&mut dm, &grads_dev, None).unwrap();

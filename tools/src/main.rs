@@ -17,8 +17,9 @@ struct Cli {
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
     /// Where the work runs: cpu, or a GPU through wgpu (Vulkan, Metal, DX12)
-    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `eval`
-    /// and the training of `unlearn` and `demo`; the other commands refuse it.
+    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `eval`,
+    /// `bench` and the training of `unlearn` and `demo`; `train` and
+    /// `experiment` refuse it.
     #[arg(long, global = true, value_parser = qmul_tools::device::NAMES, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),
         Cmd::Quantize(a) => cli::quantize(a),
-        Cmd::Bench(a) => cpu_only("bench").and_then(|_| cli::bench(a)),
+        Cmd::Bench(a) => cli::bench(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

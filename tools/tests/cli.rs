@@ -866,7 +866,15 @@ fn the_device_flag_is_honoured_or_refused_clearly() {
         "runs on the CPU only so far",
     );
     fail_with(
-        qmul().args(["--device", "wgpu", "bench", "--only", "layers"]),
+        qmul().args([
+            "--device",
+            "wgpu",
+            "experiment",
+            "--forget",
+            "random:0.1:1",
+            "--report",
+            "/nonexistent/x",
+        ]),
         "runs on the CPU only so far",
     );
     if !cfg!(feature = "gpu") {

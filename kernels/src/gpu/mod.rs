@@ -73,6 +73,8 @@ enum Client {
 pub struct Gpu {
     client: Client,
     name: String,
+    /// The largest buffer the device binds, in bytes.
+    max_buffer: usize,
 }
 
 /// A buffer on the device: 32-bit elements (f32 values, or code bytes
@@ -119,24 +121,39 @@ macro_rules! with_client {
 
 impl Gpu {
     /// Bytes onto the device, padded with zeros to whole words.
-    pub fn upload_bytes(&self, bytes: &[u8]) -> Buf {
+    pub fn upload_bytes(&self, bytes: &[u8]) -> Result<Buf, GpuError> {
         let w = words_of(bytes);
         let len = w.len() / 4;
-        let handle = with_client!(self, cl => cl.create_from_slice(&w));
-        Buf { handle, len }
+        self.check_size(w.len())?;
+        let handle = with_client!(self, cl => caught(|| cl.create_from_slice(&w))?);
+        Ok(Buf { handle, len })
     }
 
-    pub fn upload_f32(&self, v: &[f32]) -> Buf {
+    pub fn upload_f32(&self, v: &[f32]) -> Result<Buf, GpuError> {
         let b = if v.is_empty() {
             vec![0; 4]
         } else {
             f32_bytes(v)
         };
-        let handle = with_client!(self, cl => cl.create_from_slice(&b));
-        Buf {
+        self.check_size(b.len())?;
+        let handle = with_client!(self, cl => caught(|| cl.create_from_slice(&b))?);
+        Ok(Buf {
             handle,
             len: v.len().max(1),
+        })
+    }
+
+    /// A buffer of `bytes` fits the device's limit (the runtime would panic
+    /// on its own thread instead of failing the call).
+    pub(crate) fn check_size(&self, bytes: usize) -> Result<(), GpuError> {
+        if bytes > self.max_buffer {
+            return Err(GpuError(format!(
+                "a buffer of {bytes} bytes exceeds the device's limit of {} bytes \
+                 (a smaller batch fits)",
+                self.max_buffer
+            )));
         }
+        Ok(())
     }
 
     /// The first `len` floats of `b`, back on the host (waits for every
@@ -218,6 +235,11 @@ impl Gpu {
                     ));
                 };
                 let info = first.get_info();
+                let limits = first.limits();
+                let max_buffer = limits
+                    .max_buffer_size
+                    .min(limits.max_storage_buffer_binding_size)
+                    as usize;
                 let client = caught(|| WgpuRuntime::client(&WgpuDevice::default()))?;
                 Ok(Gpu {
                     client: Client::Wgpu(client),
@@ -225,6 +247,7 @@ impl Gpu {
                         "wgpu: {} ({:?}, {:?})",
                         info.name, info.device_type, info.backend
                     ),
+                    max_buffer,
                 })
             }
             Backend::Cuda => open_cuda(),
@@ -259,10 +282,10 @@ impl Gpu {
             alpha: p.alpha,
             bits,
         };
-        let a = self.upload_bytes(&p.a[..p.m * p.row_bytes]);
-        let b = self.upload_bytes(&p.b[..p.n * p.row_bytes]);
-        let s = self.upload_f32(&p.col_scale[..p.n]);
-        let cb = self.upload_f32(&c[..c_len]);
+        let a = self.upload_bytes(&p.a[..p.m * p.row_bytes])?;
+        let b = self.upload_bytes(&p.b[..p.n * p.row_bytes])?;
+        let s = self.upload_f32(&p.col_scale[..p.n])?;
+        let cb = self.upload_f32(&c[..c_len])?;
         self.qgemm_on_device(d, &a, &b, &s, &cb, tile)?;
         c[..c_len].copy_from_slice(&self.download_f32(&cb, c_len)?);
         Ok(())
@@ -334,21 +357,21 @@ impl Gpu {
         let a_len = (p.m - 1) * p.a_rs + (p.k - 1) * p.a_cs + 1;
         let rows = |rs: usize, width: usize| (p.k - 1) * rs + width;
         let (enc, rs, b) = match p.b {
-            BMat::F32 { data, rs } => (BEnc::F32, rs, self.upload_f32(&data[..rows(rs, p.n)])),
+            BMat::F32 { data, rs } => (BEnc::F32, rs, self.upload_f32(&data[..rows(rs, p.n)])?),
             BMat::U4 { data, rs } => (
                 BEnc::U4,
                 rs,
-                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))]),
+                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))])?,
             ),
             BMat::S4 { data, rs } => (
                 BEnc::S4,
                 rs,
-                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))]),
+                self.upload_bytes(&data[..rows(rs, p.n.div_ceil(2))])?,
             ),
-            BMat::U8 { data, rs } => (BEnc::U8, rs, self.upload_bytes(&data[..rows(rs, p.n)])),
+            BMat::U8 { data, rs } => (BEnc::U8, rs, self.upload_bytes(&data[..rows(rs, p.n)])?),
             BMat::S8 { data, rs } => {
                 let d: Vec<u8> = data[..rows(rs, p.n)].iter().map(|&x| x as u8).collect();
-                (BEnc::S8, rs, self.upload_bytes(&d))
+                (BEnc::S8, rs, self.upload_bytes(&d)?)
             }
         };
         let d = SGemmDims {
@@ -363,8 +386,8 @@ impl Gpu {
             alpha: p.alpha,
             beta: p.beta,
         };
-        let a = self.upload_f32(&p.a[..a_len]);
-        let cb = self.upload_f32(&c[..c_len]);
+        let a = self.upload_f32(&p.a[..a_len])?;
+        let cb = self.upload_f32(&c[..c_len])?;
         self.sgemm_on_device(d, &a, &b, &cb, tile)?;
         c[..c_len].copy_from_slice(&self.download_f32(&cb, c_len)?);
         Ok(())
@@ -497,6 +520,7 @@ fn open_cuda() -> Result<Gpu, GpuError> {
     Ok(Gpu {
         client: Client::Cuda(client),
         name: "cuda: device 0".into(),
+        max_buffer: usize::MAX,
     })
 }
 

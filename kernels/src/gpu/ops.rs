@@ -159,24 +159,25 @@ pub struct BnStats {
 impl Gpu {
     /// `n` 32-bit words (floats or codes) on the device, contents undefined:
     /// for outputs a kernel writes whole.
-    pub fn scratch(&self, n: usize) -> Buf {
+    pub fn scratch(&self, n: usize) -> Result<Buf, GpuError> {
         let n = n.max(1);
+        self.check_size(4 * n)?;
         let handle = match &self.client {
             Client::Wgpu(cl) => cl.empty(4 * n),
             #[cfg(feature = "cuda")]
             Client::Cuda(cl) => cl.empty(4 * n),
         };
-        Buf { handle, len: n }
+        Ok(Buf { handle, len: n })
     }
 
     /// `n` zeros on the device.
     pub fn zeros(&self, n: usize) -> Result<Buf, GpuError> {
-        let b = self.scratch(n);
+        let b = self.scratch(n)?;
         self.fill(&b, n, 0.0)?;
         Ok(b)
     }
 
-    pub fn upload_u32(&self, v: &[u32]) -> Buf {
+    pub fn upload_u32(&self, v: &[u32]) -> Result<Buf, GpuError> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.upload_bytes(&bytes)
     }
@@ -261,7 +262,7 @@ impl Gpu {
     ) -> Result<(), GpuError> {
         check_operands("sum_squares", &[("x", x, n)], n)?;
         let (count, dim, cubes) = grid_1d("sum_squares", n)?;
-        let partials = self.scratch(cubes);
+        let partials = self.scratch(cubes)?;
         launch!(self, |cl, R| reduce::sum_squares_kernel::launch::<R>(
             cl,
             count,
@@ -341,7 +342,7 @@ impl Gpu {
             n,
         )?;
         let (count, dim, cubes) = grid_1d("act_backward", n)?;
-        let partials = self.scratch(2 * cubes);
+        let partials = self.scratch(2 * cubes)?;
         launch!(self, |cl, R| act::act_backward_kernel::launch::<R>(
             cl,
             count,
@@ -374,9 +375,9 @@ impl Gpu {
             return Err(GpuError("bn_stats: an empty batch".into()));
         }
         let st = BnStats {
-            mean: self.scratch(c),
-            var: self.scratch(c),
-            invstd: self.scratch(c),
+            mean: self.scratch(c)?,
+            var: self.scratch(c)?,
+            invstd: self.scratch(c)?,
         };
         let (count, dim, _) = grid_per_item("bn_stats", c)?;
         launch!(self, |cl, R| norm::bn_stats_kernel::launch::<R>(
@@ -512,7 +513,7 @@ impl Gpu {
         if rows == 0 || c == 0 {
             return Err(GpuError("bn_backward: an empty batch".into()));
         }
-        let sums = self.scratch(2 * c);
+        let sums = self.scratch(2 * c)?;
         let (count, dim, _) = grid_per_item("bn_backward", c)?;
         launch!(self, |cl, R| norm::bn_backward_sums_kernel::launch::<R>(
             cl,
@@ -685,7 +686,7 @@ impl Gpu {
         if n == 0 || classes == 0 {
             return Err(GpuError("weighted_ce: an empty batch".into()));
         }
-        let rows = self.scratch(n);
+        let rows = self.scratch(n)?;
         let (count, dim, _) = grid_1d("weighted_ce", n)?;
         launch!(self, |cl, R| super::loss::weighted_ce_kernel::launch::<R>(
             cl,
@@ -874,7 +875,7 @@ impl Gpu {
             return Err(GpuError(format!("weight_backward: {cout} channels")));
         }
         // DSQ's per-channel shares of dalpha, finished into dq[cout].
-        let partials = self.scratch(cout);
+        let partials = self.scratch(cout)?;
         launch!(self, |cl, R| wquant::weight_backward_kernel::launch::<R>(
             cl,
             CubeCount::Static(cout as u32, 1, 1),
@@ -1007,7 +1008,7 @@ impl Gpu {
             ],
             c,
         )?;
-        let invstd = self.scratch(c);
+        let invstd = self.scratch(c)?;
         let (count, dim, _) = grid_1d("bn_eval_stats", c)?;
         launch!(self, |cl, R| norm::bn_invstd_kernel::launch::<R>(
             cl,

@@ -28,7 +28,15 @@ impl<'g> GpuLearner<'g> {
     ) -> Result<GpuLearner<'g>, UnlearnError> {
         let dm = DeviceModel::upload(gpu, m)?;
         let sgd = DeviceSgd::new(&dm, cfg.lr, cfg.momentum, cfg.weight_decay)?;
-        let mask = mask.map(|m| m.iter().map(|t| gpu.upload_f32(t)).collect());
+        let mask = match mask {
+            Some(m) => Some(
+                m.iter()
+                    .map(|t| gpu.upload_f32(t))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(PassError::from)?,
+            ),
+            None => None,
+        };
         Ok(GpuLearner {
             dm,
             sgd,

@@ -129,12 +129,12 @@ impl<'g> DeviceModel<'g> {
                 .params
                 .iter()
                 .map(|t| gpu.upload_f32(&t.data))
-                .collect(),
+                .collect::<Result<_, _>>()?,
             buffers: model
                 .buffers
                 .iter()
                 .map(|t| gpu.upload_f32(&t.data))
-                .collect(),
+                .collect::<Result<_, _>>()?,
             model: model.clone(),
         })
     }
@@ -170,8 +170,8 @@ impl<'g> DeviceModel<'g> {
                 | (Slots::Linear { w, wq, kind, .. }, Op::Linear { out: cout, .. }) => {
                     let kind = weight_quant(*kind)?;
                     let kdim = m.params[*w].data.len() / (*cout).max(1);
-                    let codes = g.scratch(cout * kind.row_bytes(kdim) / 4);
-                    let scale = g.scratch(*cout);
+                    let codes = g.scratch(cout * kind.row_bytes(kdim) / 4)?;
+                    let scale = g.scratch(*cout)?;
                     g.weight_codes(
                         kind,
                         &self.params[*w],
@@ -294,12 +294,12 @@ impl PassState {
         Ok(match v {
             Value::F32(b) => b.clone(),
             Value::Codes { buf, scale } => {
-                let out = g.scratch(len);
+                let out = g.scratch(len)?;
                 g.dequantize(4, buf, len, *scale, &out)?;
                 out
             }
             Value::Pixels(buf) => {
-                let out = g.scratch(len);
+                let out = g.scratch(len)?;
                 g.dequantize(8, buf, len, 1.0 / 255.0, &out)?;
                 out
             }
@@ -326,7 +326,7 @@ impl PassState {
 
     /// The conv's column matrix (im2col of its input's codes).
     fn columns(&self, g: &Gpu, shape: ConvShape, src: &Buf, q: &QLayer) -> Result<Buf, PassError> {
-        let cols = g.scratch(shape.m() * q.row_bytes() / 4);
+        let cols = g.scratch(shape.m() * q.row_bytes() / 4)?;
         g.im2col_codes(q.bits(), src, shape, &cols)?;
         Ok(cols)
     }
@@ -335,13 +335,13 @@ impl PassState {
         let (m, g, n) = (&dm.model, dm.gpu, self.n);
         let len = |j: usize| n * m.shapes[j].len();
         Ok(match &m.graph.nodes[i] {
-            Op::Input { .. } => Value::Pixels(g.upload_bytes(images)),
+            Op::Input { .. } => Value::Pixels(g.upload_bytes(images)?),
             Op::Conv { input, .. } => {
                 let q = self.qlayer(i)?;
                 let shape = conv_shape(m, i, n)?;
                 let (src, alpha) = self.conv_input(self.val(*input)?, q, i)?;
                 let cols = self.columns(g, shape, src, q)?;
-                let out = g.scratch(shape.m() * q.cout);
+                let out = g.scratch(shape.m() * q.cout)?;
                 let d = QGemmDims {
                     m: shape.m(),
                     n: q.cout,
@@ -363,7 +363,7 @@ impl PassState {
                 } else {
                     g.bn_eval_stats(&dm.buffers[mean], &dm.buffers[var], c, bn::EPS)?
                 };
-                let y = g.scratch(rows * c);
+                let y = g.scratch(rows * c)?;
                 g.bn_apply(
                     &x,
                     rows,
@@ -383,7 +383,7 @@ impl PassState {
                 let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
                 let x = self.f32_of(g, self.val(*input)?, len(*input))?;
                 let e = len(*input);
-                let out = g.scratch(e.div_ceil(8));
+                let out = g.scratch(e.div_ceil(8))?;
                 g.act_codes(act_quant(m.graph.scheme)?, &x, e, (&dm.params[q], 0), &out)?;
                 Value::Codes {
                     buf: out,
@@ -393,14 +393,14 @@ impl PassState {
             Op::Add { a, b } => {
                 let x = self.f32_of(g, self.val(*a)?, len(*a))?;
                 let y = self.f32_of(g, self.val(*b)?, len(*b))?;
-                let out = g.scratch(len(i));
+                let out = g.scratch(len(i))?;
                 g.add(&x, &y, len(i), &out)?;
                 Value::F32(out)
             }
             Op::GlobalAvgPool { input } => {
                 let s = m.shapes[*input];
                 let x = self.f32_of(g, self.val(*input)?, len(*input))?;
-                let out = g.scratch(n * s.c);
+                let out = g.scratch(n * s.c)?;
                 g.gap_forward(&x, n, s.h * s.w, s.c, &out)?;
                 Value::F32(out)
             }
@@ -413,7 +413,7 @@ impl PassState {
                     m.slots[i].linear().ok_or_else(|| broken("linear slots"))?;
                 let x = self.f32_of(g, self.val(*input)?, len(*input))?;
                 let (xq, rs) = quantized_rows(g, &x, n, cin)?;
-                let y = g.scratch(n * out);
+                let y = g.scratch(n * out)?;
                 let d = QGemmDims {
                     m: n,
                     n: *out,
@@ -432,8 +432,8 @@ impl PassState {
 
 /// The classifier's input rows quantized (codes, per-row scales).
 fn quantized_rows(g: &Gpu, x: &Buf, n: usize, cin: usize) -> Result<(Buf, Buf), PassError> {
-    let xq = g.scratch(n * qmul_kernels::pack::row_bytes_8bit(cin) / 4);
-    let rs = g.scratch(n);
+    let xq = g.scratch(n * qmul_kernels::pack::row_bytes_8bit(cin) / 4)?;
+    let rs = g.scratch(n)?;
     g.quantize_rows(x, n, cin, &xq, &rs)?;
     Ok((xq, rs))
 }

@@ -89,7 +89,7 @@ impl DeviceSgd {
 fn add_to(gpu: &Gpu, d: &mut Option<Buf>, g: Buf, n: usize) -> Result<(), PassError> {
     *d = Some(match d.take() {
         Some(v) => {
-            let out = gpu.scratch(n);
+            let out = gpu.scratch(n)?;
             gpu.add(&v, &g, n, &out)?;
             out
         }
@@ -210,8 +210,8 @@ impl DeviceModel<'_> {
             Some(Value::F32(l)) => l,
             _ => return Err(PassError("graph produced no logits".into())),
         };
-        let (tb, wb) = (g.upload_u32(t.labels), g.upload_f32(t.weights));
-        let dlogits = g.scratch(n * classes);
+        let (tb, wb) = (g.upload_u32(t.labels)?, g.upload_f32(t.weights)?);
+        let dlogits = g.scratch(n * classes)?;
         let loss = g.zeros(1)?;
         g.weighted_ce(&logits, &tb, &wb, n, classes, &dlogits, (&loss, 0))?;
         let grads = self.backward(&mut p, dlogits)?;
@@ -261,9 +261,9 @@ impl DeviceModel<'_> {
                     let x = p.f32_of(g, p.val(*input)?, len(*input))?;
                     // dW from the dequantized inputs the forward multiplied.
                     let (xq, rs) = quantized_rows(g, &x, n, cin)?;
-                    let xin = g.scratch(n * cin);
+                    let xin = g.scratch(n * cin)?;
                     g.dequantize_rows(&xq, &rs, n, cin, &xin)?;
-                    let dwq = g.scratch(out * cin);
+                    let dwq = g.scratch(out * cin)?;
                     let dw = SGemmDims {
                         m: *out,
                         n: cin,
@@ -288,9 +288,9 @@ impl DeviceModel<'_> {
                         (&grads[wq], 0),
                     )?;
                     g.col_sums(&dy, n, *out, &grads[b])?;
-                    let dys = g.scratch(n * out);
+                    let dys = g.scratch(n * out)?;
                     g.scale_cols(&dy, &q.scale, n, *out, &dys)?;
-                    let dx = g.scratch(n * cin);
+                    let dx = g.scratch(n * cin)?;
                     let d = SGemmDims {
                         m: n,
                         n: cin,
@@ -308,7 +308,7 @@ impl DeviceModel<'_> {
                 }
                 Op::GlobalAvgPool { input } => {
                     let s = m.shapes[*input];
-                    let dx = g.scratch(len(*input));
+                    let dx = g.scratch(len(*input))?;
                     g.gap_backward(&dy, n, s.h * s.w, s.c, &dx)?;
                     add_to(g, &mut dnode[*input], dx, len(*input))?;
                 }
@@ -319,7 +319,7 @@ impl DeviceModel<'_> {
                 Op::Act { input, .. } => {
                     let q = m.slots[i].act().ok_or_else(|| broken("act slots"))?;
                     let x = p.f32_of(g, p.val(*input)?, len(*input))?;
-                    let dx = g.scratch(len(*input));
+                    let dx = g.scratch(len(*input))?;
                     let features = m.shapes[*input].len();
                     g.act_backward(
                         super::act_quant(m.graph.scheme)?,
@@ -340,7 +340,7 @@ impl DeviceModel<'_> {
                         .as_ref()
                         .ok_or_else(|| broken("batch statistics not saved"))?;
                     let c = m.shapes[i].c;
-                    let dx = g.scratch(len(*input));
+                    let dx = g.scratch(len(*input))?;
                     g.bn_backward(
                         &x,
                         &dy,
@@ -362,7 +362,7 @@ impl DeviceModel<'_> {
                     let cols = p.columns(g, shape, src, q)?;
                     let rows = shape.m();
                     // dW = alpha * dY^T X, X the codes' columns widened as loaded.
-                    let dwq = g.scratch(cout * q.kdim);
+                    let dwq = g.scratch(cout * q.kdim)?;
                     let d = SGemmDims {
                         m: *cout,
                         n: q.kdim,
@@ -388,9 +388,9 @@ impl DeviceModel<'_> {
                     )?;
                     if !matches!(nodes[*input], Op::Input { .. }) {
                         // dX = col2im((dY diag(scale)) W_codes).
-                        let dys = g.scratch(rows * cout);
+                        let dys = g.scratch(rows * cout)?;
                         g.scale_cols(&dy, &q.scale, rows, *cout, &dys)?;
-                        let dcols = g.scratch(rows * q.kdim);
+                        let dcols = g.scratch(rows * q.kdim)?;
                         let d = SGemmDims {
                             m: rows,
                             n: q.kdim,

@@ -46,7 +46,7 @@ pub struct BenchArgs {
     pub child: Option<String>,
 }
 
-fn parse_nets(s: &str) -> Result<Vec<Net>, String> {
+pub(super) fn parse_nets(s: &str) -> Result<Vec<Net>, String> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
@@ -114,7 +114,7 @@ fn child(spec: &str, batch: usize, steps: usize) -> Result<(), String> {
 }
 
 /// Runs a command that prints one JSON line of [`Figures`] last.
-fn run_json(mut cmd: Command, what: &str) -> Result<Figures, String> {
+pub(super) fn run_json(mut cmd: Command, what: &str) -> Result<Figures, String> {
     let out = cmd
         .output()
         .map_err(|e| format!("{what}: cannot start: {e}"))?;
@@ -199,6 +199,10 @@ pub fn bench(a: BenchArgs) -> Result<(), String> {
         }
         // Read once by the kernels; set before the first kernel call.
         std::env::set_var("QMUL_THREADS", t.to_string());
+    }
+    #[cfg(feature = "gpu")]
+    if let crate::device::Device::Gpu(g) = crate::device::current()? {
+        return super::bench_gpu::bench_gpu(&a, &g);
     }
     let threads = qmul_kernels::par::threads();
     let nets = parse_nets(&a.nets)?;

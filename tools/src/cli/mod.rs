@@ -1,6 +1,8 @@
 //! Argument types and bodies of the `qmul` subcommands, one module each.
 
 mod bench;
+#[cfg(feature = "gpu")]
+mod bench_gpu;
 mod demo;
 mod eval;
 mod experiment;
