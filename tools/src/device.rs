@@ -2,11 +2,12 @@
 //! a build with the `gpu` feature (`cuda` for CUDA); opening one checks that
 //! the device exists and turns its absence into an error.
 //!
-//! On a GPU: `qmul eval` (the forward of every figure), `qmul bench` (the
-//! whole network's training step and inference), and the training of
-//! `qmul unlearn` and `qmul demo` (the session's evaluation and deletion
-//! check stay on the CPU); `train` and `experiment` refuse a GPU device with
-//! a message saying so, rather than silently running on the CPU.
+//! On a GPU: `qmul train` (each epoch's evaluation and checkpoint on the
+//! CPU), `qmul eval` (the forward of every figure), `qmul bench` (the whole
+//! network's training step and inference), and the training of `qmul
+//! unlearn` and `qmul demo` (the session's evaluation and deletion check stay
+//! on the CPU); `experiment` refuses a GPU device with a message saying so,
+//! rather than silently running on the CPU.
 
 pub use qmul_runtime::device::Device;
 
@@ -70,7 +71,7 @@ pub fn require_cpu(command: &str) -> Result<(), String> {
         "cpu" => Ok(()),
         d => Err(format!(
             "--device {d}: `qmul {command}` runs on the CPU only so far; the GPU runs \
-             `qmul eval`, `bench`, `unlearn` and `demo`"
+             `qmul train`, `eval`, `bench`, `unlearn` and `demo`"
         )),
     }
 }

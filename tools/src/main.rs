@@ -17,9 +17,9 @@ struct Cli {
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
     /// Where the work runs: cpu, or a GPU through wgpu (Vulkan, Metal, DX12)
-    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `eval`,
-    /// `bench` and the training of `unlearn` and `demo`; `train` and
-    /// `experiment` refuse it.
+    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `train`,
+    /// `eval`, `bench` and the training of `unlearn` and `demo`;
+    /// `experiment` refuses it.
     #[arg(long, global = true, value_parser = qmul_tools::device::NAMES, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
     qmul_tools::device::select(&args.device);
     let cpu_only = |c: &str| qmul_tools::device::require_cpu(c);
     let r = match args.cmd {
-        Cmd::Train(a) => cpu_only("train").and_then(|_| cli::train(a)),
+        Cmd::Train(a) => cli::train(a),
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
         Cmd::Unlearn(a) => cli::unlearn_cmd(a),

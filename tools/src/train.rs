@@ -258,9 +258,109 @@ pub fn train_seconds(model: &Model) -> Option<f64> {
     model.info.get(TRAIN_SECONDS)?.parse().ok()
 }
 
+/// What takes the training steps: SGD on the CPU model, or the model and
+/// SGD's momentum resident on a GPU (brought back to `model` once an epoch,
+/// for the evaluation and the checkpoint).
+enum Trainer<'g> {
+    Cpu(Sgd),
+    #[cfg(feature = "gpu")]
+    Gpu(
+        qmul_runtime::gpu::DeviceModel<'g>,
+        qmul_runtime::gpu::DeviceSgd,
+    ),
+    /// Holds the GPU variant's lifetime in a build without it; it cannot be
+    /// constructed (`Infallible`).
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, std::marker::PhantomData<&'g ()>),
+}
+
+impl Trainer<'_> {
+    /// One training pass at rate `lr` and, when its loss is finite, the SGD
+    /// step: the loss and the logits.
+    fn step(
+        &mut self,
+        model: &mut Model,
+        images: &[u8],
+        n: usize,
+        t: Targets,
+        lr: f32,
+    ) -> Result<(f32, Vec<f32>), String> {
+        match self {
+            Trainer::Cpu(sgd) => {
+                sgd.lr = lr;
+                let pass = model
+                    .train_pass(images, n, t, true)
+                    .map_err(|e| e.to_string())?;
+                if pass.loss.is_finite() {
+                    sgd.step(model, &pass.grads, None);
+                }
+                Ok((pass.loss, pass.logits))
+            }
+            #[cfg(feature = "gpu")]
+            Trainer::Gpu(dm, sgd) => {
+                sgd.lr = lr;
+                let pass = dm
+                    .train_pass(images, n, t, true)
+                    .map_err(|e| e.to_string())?;
+                if pass.loss.is_finite() {
+                    sgd.step(dm, &pass.grads, None).map_err(|e| e.to_string())?;
+                }
+                let logits = dm
+                    .gpu()
+                    .download_f32(&pass.logits, n * model.classes())
+                    .map_err(|e| e.to_string())?;
+                Ok((pass.loss, logits))
+            }
+            Trainer::Never(never, _) => match *never {},
+        }
+    }
+
+    /// `model` holding the trained state; the momentum buffers.
+    #[cfg_attr(not(feature = "gpu"), allow(unused_variables))]
+    fn sync(&self, model: &mut Model) -> Result<Vec<Vec<f32>>, String> {
+        match self {
+            Trainer::Cpu(sgd) => Ok(sgd.velocity().to_vec()),
+            #[cfg(feature = "gpu")]
+            Trainer::Gpu(dm, sgd) => {
+                let m = dm.to_model().map_err(|e| e.to_string())?;
+                model.params = m.params;
+                model.buffers = m.buffers;
+                sgd.velocity(dm).map_err(|e| e.to_string())
+            }
+            Trainer::Never(never, _) => match *never {},
+        }
+    }
+}
+
 /// Trains `model` on `train` for the epochs not yet done (`start_epoch..`),
 /// evaluating on `test` after each epoch and saving a checkpoint after each.
 pub fn train(
+    model: &mut Model,
+    train: &Dataset,
+    test: Option<&Dataset>,
+    cfg: &TrainConfig,
+    start_epoch: usize,
+    checkpoint: Option<&Path>,
+    on_epoch: impl FnMut(&EpochReport),
+) -> Result<Vec<EpochReport>, String> {
+    train_on(
+        &crate::device::Device::Cpu,
+        model,
+        train,
+        test,
+        cfg,
+        start_epoch,
+        checkpoint,
+        on_epoch,
+    )
+}
+
+/// [`train`] on `device` (a GPU keeps the model and SGD's momentum for the
+/// whole run; LSQ/DSQ ranges still unset are initialised by a first pass on
+/// the CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn train_on(
+    device: &crate::device::Device,
     model: &mut Model,
     train: &Dataset,
     test: Option<&Dataset>,
@@ -277,6 +377,33 @@ pub fn train(
     if let (Some(ck), true) = (checkpoint, start_epoch > 0) {
         restore_state(model, &mut sgd, ck, start_epoch);
     }
+    let mut trainer = match device {
+        crate::device::Device::Cpu => Trainer::Cpu(sgd),
+        #[cfg(feature = "gpu")]
+        crate::device::Device::Gpu(g) => {
+            let first = Batches::new(train, cfg.batch, false, None, cfg.seed, 0)
+                .next()
+                .ok_or("the training set is empty")?;
+            let labels: Vec<u32> = first.labels.iter().map(|&l| l as u32).collect();
+            let weights = vec![1.0f32; labels.len()];
+            let t = Targets {
+                labels: &labels,
+                weights: &weights,
+            };
+            // Sets LSQ/DSQ ranges still at 0 (nothing else changes).
+            model
+                .train_pass(&first.images, first.len(), t, false)
+                .map_err(|e| e.to_string())?;
+            let dm = qmul_runtime::gpu::DeviceModel::upload(g.as_ref(), model)
+                .map_err(|e| e.to_string())?;
+            let mut dsgd =
+                qmul_runtime::gpu::DeviceSgd::new(&dm, cfg.lr, cfg.momentum, cfg.weight_decay)
+                    .map_err(|e| e.to_string())?;
+            dsgd.set_velocity(&dm, sgd.velocity())
+                .map_err(|e| e.to_string())?;
+            Trainer::Gpu(dm, dsgd)
+        }
+    };
     let steps_per_epoch = train.len().div_ceil(cfg.batch);
     let total = steps_per_epoch * cfg.epochs;
     let mut reports = Vec::new();
@@ -299,36 +426,28 @@ pub fn train(
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
         for (b, batch) in batches.enumerate() {
             let step = epoch * steps_per_epoch + b;
-            sgd.lr = cosine_lr(cfg.lr, step, total);
             let labels: Vec<u32> = batch.labels.iter().map(|&l| l as u32).collect();
             let weights = vec![1.0f32; labels.len()];
-            let pass = model
-                .train_pass(
-                    &batch.images,
-                    batch.len(),
-                    Targets {
-                        labels: &labels,
-                        weights: &weights,
-                    },
-                    true,
-                )
-                .map_err(|e| e.to_string())?;
-            if !pass.loss.is_finite() {
+            let t = Targets {
+                labels: &labels,
+                weights: &weights,
+            };
+            let lr = cosine_lr(cfg.lr, step, total);
+            let (loss, logits) = trainer.step(model, &batch.images, batch.len(), t, lr)?;
+            if !loss.is_finite() {
                 return Err(format!(
-                    "training diverged at epoch {} step {b} (loss {})",
+                    "training diverged at epoch {} step {b} (loss {loss})",
                     epoch + 1,
-                    pass.loss
                 ));
             }
-            sgd.step(model, &pass.grads, None);
-            let pred = eval::argmax_rows(&pass.logits, model.classes());
+            let pred = eval::argmax_rows(&logits, model.classes());
             correct += pred
                 .iter()
                 .zip(&labels)
                 .filter(|(p, l)| **p == **l as usize)
                 .count();
             seen += labels.len();
-            loss_sum += pass.loss as f64 * labels.len() as f64;
+            loss_sum += loss as f64 * labels.len() as f64;
             bar.advance(
                 labels.len() as u64,
                 &format!(
@@ -339,6 +458,7 @@ pub fn train(
             );
         }
         bar.finish();
+        let velocity = trainer.sync(model)?;
         let seconds = t0.elapsed().as_secs_f64();
         let test_acc = match test {
             Some(t) => Some(eval::accuracy(model, t, None).map_err(|e| e.to_string())?),
@@ -368,11 +488,8 @@ pub fn train(
             // which the epoch count recognises.
             model_file::save(model, ck).map_err(|e| e.to_string())?;
             let params = model.params.iter().map(|t| t.data.as_slice());
-            model_file::write_atomic(
-                &state_path(ck),
-                &state_bytes(epoch + 1, params, sgd.velocity()),
-            )
-            .map_err(|e| format!("{}: {e}", state_path(ck).display()))?;
+            model_file::write_atomic(&state_path(ck), &state_bytes(epoch + 1, params, &velocity))
+                .map_err(|e| format!("{}: {e}", state_path(ck).display()))?;
         }
         on_epoch(&r);
         reports.push(r);

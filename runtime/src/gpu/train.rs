@@ -58,6 +58,32 @@ impl DeviceSgd {
         })
     }
 
+    /// The momentum buffers (for a training checkpoint).
+    pub fn velocity(&self, dm: &DeviceModel) -> Result<Vec<Vec<f32>>, PassError> {
+        self.velocity
+            .iter()
+            .zip(&dm.model.params)
+            .map(|(v, t)| Ok(dm.gpu.download_f32(v, t.data.len())?))
+            .collect()
+    }
+
+    /// Momentum buffers restored from a checkpoint (one per parameter
+    /// tensor, of its length).
+    pub fn set_velocity(&mut self, dm: &DeviceModel, v: &[Vec<f32>]) -> Result<(), PassError> {
+        if v.len() != self.velocity.len()
+            || v.iter()
+                .zip(&dm.model.params)
+                .any(|(a, t)| a.len() != t.data.len())
+        {
+            return Err(PassError("momentum buffers of another model".into()));
+        }
+        self.velocity = v
+            .iter()
+            .map(|t| dm.gpu.upload_f32(t))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
     /// One update of every parameter from `grads` (scaled by `mask` when
     /// given), then the quantizer parameters clamped into their ranges.
     pub fn step(

@@ -34,7 +34,7 @@ pub fn eval(a: EvalArgs) -> Result<(), String> {
     let (tr, te) = a.data.load()?;
     check_compatible(&model, &te)?;
     let device = crate::device::current()?;
-    if !a.json {
+    if !a.json && !matches!(device, Device::Cpu) {
         eprintln!("device: {}", device.name());
     }
     with_forward(&device, &model, |f| eval_on(&a, &device, f, &tr, &te))

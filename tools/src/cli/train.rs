@@ -177,17 +177,30 @@ pub fn train(a: TrainArgs) -> Result<(), String> {
         a.lr,
         qmul_kernels::active().name
     );
-    let reports = train::train(&mut model, &tr, Some(&te), &tcfg, start, Some(&ck), |r| {
-        println!(
-            "epoch {:>3}  loss {:.4}  train acc {:.2}%  test acc {:.2}%  {:.1}s  {:.0} img/s",
-            r.epoch,
-            r.loss,
-            r.train_acc,
-            r.test_acc.unwrap_or(f64::NAN),
-            r.seconds,
-            r.images_per_s
-        );
-    })?;
+    let device = crate::device::current()?;
+    if !matches!(device, crate::device::Device::Cpu) {
+        println!("training on {}", device.name());
+    }
+    let reports = train::train_on(
+        &device,
+        &mut model,
+        &tr,
+        Some(&te),
+        &tcfg,
+        start,
+        Some(&ck),
+        |r| {
+            println!(
+                "epoch {:>3}  loss {:.4}  train acc {:.2}%  test acc {:.2}%  {:.1}s  {:.0} img/s",
+                r.epoch,
+                r.loss,
+                r.train_acc,
+                r.test_acc.unwrap_or(f64::NAN),
+                r.seconds,
+                r.images_per_s
+            );
+        },
+    )?;
     if let Some(r) = reports.last() {
         model.info.insert(
             "test_acc".into(),

@@ -227,7 +227,8 @@ pub fn run(
                 augment: Some(crate::data::Augment::for_size(h, w)),
             };
             let started_unix = now_unix();
-            train::train(&mut m, &retain, None, &tcfg, 0, None, |r| {
+            let device = crate::device::current()?;
+            train::train_on(&device, &mut m, &retain, None, &tcfg, 0, None, |r| {
                 eprintln!(
                     "retrain epoch {} loss {:.4} train acc {:.2}%",
                     r.epoch, r.loss, r.train_acc
