@@ -265,8 +265,10 @@ enum Trainer<'g> {
     Cpu(Sgd),
     #[cfg(feature = "gpu")]
     Gpu(
-        qmul_runtime::gpu::DeviceModel<'g>,
-        qmul_runtime::gpu::DeviceSgd,
+        Box<(
+            qmul_runtime::gpu::DeviceModel<'g>,
+            qmul_runtime::gpu::DeviceSgd,
+        )>,
     ),
     /// Holds the GPU variant's lifetime in a build without it; it cannot be
     /// constructed (`Infallible`).
@@ -297,7 +299,8 @@ impl Trainer<'_> {
                 Ok((pass.loss, pass.logits))
             }
             #[cfg(feature = "gpu")]
-            Trainer::Gpu(dm, sgd) => {
+            Trainer::Gpu(b) => {
+                let (dm, sgd) = &mut **b;
                 sgd.lr = lr;
                 let pass = dm
                     .train_pass(images, n, t, true)
@@ -321,7 +324,8 @@ impl Trainer<'_> {
         match self {
             Trainer::Cpu(sgd) => Ok(sgd.velocity().to_vec()),
             #[cfg(feature = "gpu")]
-            Trainer::Gpu(dm, sgd) => {
+            Trainer::Gpu(b) => {
+                let (dm, sgd) = &**b;
                 let m = dm.to_model().map_err(|e| e.to_string())?;
                 model.params = m.params;
                 model.buffers = m.buffers;
@@ -401,7 +405,7 @@ pub fn train_on(
                     .map_err(|e| e.to_string())?;
             dsgd.set_velocity(&dm, sgd.velocity())
                 .map_err(|e| e.to_string())?;
-            Trainer::Gpu(dm, dsgd)
+            Trainer::Gpu(Box::new((dm, dsgd)))
         }
     };
     let steps_per_epoch = train.len().div_ceil(cfg.batch);
