@@ -52,6 +52,27 @@ fn repo_root() -> std::path::PathBuf {
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
 
+/// The shipped 4-bit model.
+fn shipped_model() -> qmul_runtime::Model {
+    qmul_runtime::model_file::load(
+        &repo_root().join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
+    )
+    .unwrap()
+}
+
+/// The shipped Fashion-MNIST subset's `train` or `t10k` images and labels.
+fn shipped_set(which: &str) -> qmul_runtime::data::Dataset {
+    let d = repo_root().join("data/fashion-mnist-subset");
+    qmul_runtime::data::idx::load_idx_pair(
+        &d.join(format!("{which}-images-idx3-ubyte.gz")),
+        &d.join(format!("{which}-labels-idx1-ubyte.gz")),
+        10,
+        which,
+        "",
+    )
+    .unwrap()
+}
+
 fn uniform(r: &mut Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n)
         .map(|_| lo + (hi - lo) * r.uniform() as f32)
@@ -705,20 +726,8 @@ fn compare_forward(g: &Gpu, model: &qmul_runtime::Model, images: &[u8], n: usize
 #[test]
 fn device_forward_matches_the_cpu_forward() {
     let Some(g) = gpu() else { return };
-    let root = repo_root();
-    let model = qmul_runtime::model_file::load(
-        &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
-    )
-    .unwrap();
-    let d = root.join("data/fashion-mnist-subset");
-    let test = qmul_runtime::data::idx::load_idx_pair(
-        &d.join("t10k-images-idx3-ubyte.gz"),
-        &d.join("t10k-labels-idx1-ubyte.gz"),
-        10,
-        "test",
-        "",
-    )
-    .unwrap();
+    let model = shipped_model();
+    let test = shipped_set("t10k");
     let n = 500;
     let images = &test.images[..n * test.image_len()];
     let (rel, agree) = compare_forward(&g, &model, images, n);
@@ -807,20 +816,8 @@ fn device_training_pass_and_sgd_match_the_cpu() {
     use qmul_runtime::Targets;
     let Some(g) = gpu() else { return };
     qmul_kernels::set_grad_precision(qmul_kernels::GradPrecision::F32);
-    let root = repo_root();
-    let shipped = qmul_runtime::model_file::load(
-        &root.join("models/checkpoints/fmnist-subset-r18w8-pact.qmul"),
-    )
-    .unwrap();
-    let d = root.join("data/fashion-mnist-subset");
-    let train = qmul_runtime::data::idx::load_idx_pair(
-        &d.join("train-images-idx3-ubyte.gz"),
-        &d.join("train-labels-idx1-ubyte.gz"),
-        10,
-        "train",
-        "",
-    )
-    .unwrap();
+    let shipped = shipped_model();
+    let train = shipped_set("train");
     let mut cases = vec![
         ("shipped".to_string(), shipped.clone(), 8usize, None),
         ("shipped batch 64".to_string(), shipped, 64usize, None),

@@ -12,6 +12,7 @@
 //! device divides correctly rounded (the inverse scale is `1 / scale`).
 
 #![allow(clippy::manual_div_ceil, clippy::manual_clamp)] // cube code: written in the kernel language's integer and comparison operations, as the CPU reference spells them
+use super::dsq;
 use super::reduce::{cube_index, cube_max_abs, cube_sum, UNITS};
 use cubecl::prelude::*;
 
@@ -166,32 +167,11 @@ pub(super) fn act_backward_kernel(
             } else if xv > u {
                 t0 = g;
             } else {
-                // The runtime's `dsq::Sharpness` and its `grad` at offset 0,
-                // in the same order of operations.
                 let dstep = u / 15.0;
-                let c = (2.0 / alpha - 1.0).ln();
-                let half_c = 0.5 * c;
-                let sh_c = half_c.sinh();
-                let s = 1.0 / half_c.tanh();
-                let ds_dc = -0.5 / (sh_c * sh_c);
-                let dc_dalpha = -2.0 / (alpha * (2.0 - alpha));
-                let v = xv / dstep + 0.0;
-                let mut iv = v.floor();
-                if iv < 0.0 {
-                    iv = 0.0;
-                }
-                if iv > 14.0 {
-                    iv = 14.0;
-                }
-                let t = v - iv - 0.5;
-                let th = (c * t).tanh();
-                let sech2 = 1.0 - th * th;
-                let gx = 0.5 * s * c * sech2;
-                let gd = (iv - 0.0 + 0.5 + 0.5 * s * th) - (xv / dstep) * gx;
-                let dq_dc = 0.5 * dstep * (ds_dc * th + s * t * sech2);
-                d = g * gx;
-                t0 = g * gd / 15.0;
-                t1 = g * (dq_dc * dc_dalpha);
+                let sg = dsq::soft_grad(dsq::sharpness(alpha), xv, dstep, 0.0);
+                d = g * sg.dx;
+                t0 = g * sg.dd / 15.0;
+                t1 = g * sg.dalpha;
             }
         }
         dx[i as usize] = d;

@@ -10,6 +10,7 @@
 
 pub mod act;
 mod conv;
+mod dsq;
 mod elementwise;
 mod loss;
 mod norm;

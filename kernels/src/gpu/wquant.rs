@@ -8,6 +8,7 @@
 //! for an all-zero channel. Codes round half to even as on the CPU.
 
 #![allow(clippy::manual_clamp)] // cube code: the CPU's comparisons, spelled out
+use super::dsq;
 use super::reduce::{cube_max_abs, cube_sum, UNITS};
 use cubecl::prelude::*;
 
@@ -154,13 +155,7 @@ pub(super) fn weight_backward_kernel(
         let u = q[(q_off + ch) as usize];
         let alpha = q[(q_off + cout) as usize];
         let d = u / 7.0;
-        // The runtime's `dsq::Sharpness` and its `grad` at offset 8.
-        let c = (2.0 / alpha - 1.0).ln();
-        let half_c = 0.5 * c;
-        let sh_c = half_c.sinh();
-        let s = 1.0 / half_c.tanh();
-        let ds_dc = -0.5 / (sh_c * sh_c);
-        let dc_dalpha = -2.0 / (alpha * (2.0 - alpha));
+        let sharp = dsq::sharpness(alpha);
         while i < k {
             let j = (base + i) as usize;
             let x = w[j];
@@ -171,23 +166,10 @@ pub(super) fn weight_backward_kernel(
             } else if x > u {
                 acc += gq;
             } else {
-                let v = x / d + 8.0;
-                let mut iv = v.floor();
-                if iv < 0.0 {
-                    iv = 0.0;
-                }
-                if iv > 14.0 {
-                    iv = 14.0;
-                }
-                let t = v - iv - 0.5;
-                let th = (c * t).tanh();
-                let sech2 = 1.0 - th * th;
-                let gx = 0.5 * s * c * sech2;
-                let gd = (iv - 8.0 + 0.5 + 0.5 * s * th) - (x / d) * gx;
-                let dq_dc = 0.5 * d * (ds_dc * th + s * t * sech2);
-                g = gq * gx;
-                acc += gq * gd / 7.0;
-                acc_a += gq * (dq_dc * dc_dalpha);
+                let sg = dsq::soft_grad(sharp, x, d, 8.0);
+                g = gq * sg.dx;
+                acc += gq * sg.dd / 7.0;
+                acc_a += gq * sg.dalpha;
             }
             dw[j] = g;
             i += UNITS;
