@@ -8,29 +8,12 @@
 #![cfg(feature = "gpu")]
 
 use qmul_kernels::cpu::scalar;
-use qmul_kernels::gpu::{Backend, Gpu, Tile};
+use qmul_kernels::gpu::Tile;
 use qmul_kernels::{pack, QGemm};
 
-/// The device to test: `QMUL_GPU_BACKEND` (wgpu or cuda; default wgpu).
-fn gpu() -> Option<Gpu> {
-    let backend = match std::env::var("QMUL_GPU_BACKEND") {
-        Ok(s) => Backend::parse(&s).unwrap_or_else(|| panic!("QMUL_GPU_BACKEND={s}: wgpu or cuda")),
-        Err(_) => Backend::Wgpu,
-    };
-    match Gpu::open(backend) {
-        Ok(g) => {
-            eprintln!("GPU: {}", g.name());
-            Some(g)
-        }
-        Err(e) if std::env::var("QMUL_GPU_REQUIRED").as_deref() == Ok("1") => {
-            panic!("QMUL_GPU_REQUIRED=1 but no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no GPU to test on ({e})");
-            None
-        }
-    }
-}
+#[path = "common/gpu.rs"]
+mod gpu_device;
+use gpu_device::gpu;
 
 #[path = "common/rng.rs"]
 mod rng;

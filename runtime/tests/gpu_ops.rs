@@ -17,31 +17,15 @@
 //!   relative error of at most `1e-4` of the terms' magnitude.
 #![cfg(feature = "gpu")]
 
-use qmul_kernels::gpu::{ActQuant, Backend, Buf, Gpu};
+use qmul_kernels::gpu::{ActQuant, Buf, Gpu};
 use qmul_runtime::graph::QuantScheme;
 use qmul_runtime::ops::{bn, loss, pool};
 use qmul_runtime::quant::act;
 use qmul_runtime::rng::Rng;
 
-fn gpu() -> Option<Gpu> {
-    let backend = match std::env::var("QMUL_GPU_BACKEND") {
-        Ok(s) => Backend::parse(&s).unwrap_or_else(|| panic!("QMUL_GPU_BACKEND={s}: wgpu or cuda")),
-        Err(_) => Backend::Wgpu,
-    };
-    match Gpu::open(backend) {
-        Ok(g) => {
-            eprintln!("GPU: {}", g.name());
-            Some(g)
-        }
-        Err(e) if std::env::var("QMUL_GPU_REQUIRED").as_deref() == Ok("1") => {
-            panic!("QMUL_GPU_REQUIRED=1 but no GPU: {e}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no GPU to test on ({e})");
-            None
-        }
-    }
-}
+#[path = "../../kernels/tests/common/gpu.rs"]
+mod gpu_device;
+use gpu_device::gpu;
 
 /// The repository (the shipped model and data): `QMUL_REPO_ROOT`, for a
 /// test binary built on one machine and run on another
