@@ -5,9 +5,9 @@
 //! On a GPU: `qmul train` (each epoch's evaluation and checkpoint on the
 //! CPU), `qmul eval` (the forward of every figure), `qmul bench` (the whole
 //! network's training step and inference), and the training of `qmul
-//! unlearn` and `qmul demo` (the session's evaluation and deletion check stay
-//! on the CPU); `experiment` refuses a GPU device with a message saying so,
-//! rather than silently running on the CPU.
+//! unlearn`, `qmul demo` and `qmul experiment` (the session's evaluation and
+//! deletion check stay on the CPU; an experiment caches GPU-trained models
+//! apart and records the device in its report's setting).
 
 pub use qmul_runtime::device::Device;
 
@@ -62,16 +62,4 @@ pub fn select(name: &str) {
 /// The device `--device` named (default: cpu).
 pub fn selected() -> &'static str {
     SELECTED.get().map_or("cpu", String::as_str)
-}
-
-/// An error unless the selected device is the CPU: for commands whose work
-/// does not run on a GPU yet.
-pub fn require_cpu(command: &str) -> Result<(), String> {
-    match selected() {
-        "cpu" => Ok(()),
-        d => Err(format!(
-            "--device {d}: `qmul {command}` runs on the CPU only so far; the GPU runs \
-             `qmul train`, `eval`, `bench`, `unlearn` and `demo`"
-        )),
-    }
 }

@@ -17,9 +17,8 @@ struct Cli {
     #[arg(long, global = true, value_parser = ["f32", "bf16"])]
     backward: Option<String>,
     /// Where the work runs: cpu, or a GPU through wgpu (Vulkan, Metal, DX12)
-    /// or CUDA (builds with the `gpu` / `cuda` feature). The GPU runs `train`,
-    /// `eval`, `bench` and the training of `unlearn` and `demo`;
-    /// `experiment` refuses it.
+    /// or CUDA (builds with the `gpu` / `cuda` feature): `train`, `eval`,
+    /// `bench`, and the training of `unlearn`, `demo` and `experiment`.
     #[arg(long, global = true, value_parser = qmul_tools::device::NAMES, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -69,14 +68,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     qmul_tools::device::select(&args.device);
-    let cpu_only = |c: &str| qmul_tools::device::require_cpu(c);
     let r = match args.cmd {
         Cmd::Train(a) => cli::train(a),
         Cmd::Eval(a) => cli::eval(a),
         Cmd::Inspect(a) => cli::inspect(a),
         Cmd::Unlearn(a) => cli::unlearn_cmd(a),
         Cmd::Demo(a) => cli::demo(a),
-        Cmd::Experiment(a) => cpu_only("experiment").and_then(|_| cli::experiment(a)),
+        Cmd::Experiment(a) => cli::experiment(a),
         Cmd::Report(a) => cli::render(a),
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),

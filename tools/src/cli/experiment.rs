@@ -182,6 +182,14 @@ pub(super) fn cached_model(
     train_set: &Dataset,
     tcfg: &TrainConfig,
 ) -> Result<(Model, Option<f64>), String> {
+    // A model trained on a GPU is cached apart from the CPU's (their float
+    // summation orders differ); CPU keys are as before.
+    let device = crate::device::current()?;
+    let key = &if matches!(device, crate::device::Device::Cpu) {
+        key.to_string()
+    } else {
+        format!("{key}|device {}", device.name())
+    };
     let path = cached_path(dir, tag, key);
     if path.exists() {
         let m = model_file::load(&path).map_err(|e| e.to_string())?;
@@ -227,12 +235,21 @@ pub(super) fn cached_model(
             ck.display()
         );
     }
-    train::train(&mut m, train_set, None, tcfg, start, Some(&ck), |r| {
-        eprintln!(
-            "{tag} epoch {} loss {:.4} train acc {:.2}% ({:.0}s)",
-            r.epoch, r.loss, r.train_acc, r.seconds
-        )
-    })?;
+    train::train_on(
+        &device,
+        &mut m,
+        train_set,
+        None,
+        tcfg,
+        start,
+        Some(&ck),
+        |r| {
+            eprintln!(
+                "{tag} epoch {} loss {:.4} train acc {:.2}% ({:.0}s)",
+                r.epoch, r.loss, r.train_acc, r.seconds
+            )
+        },
+    )?;
     let secs = train::train_seconds(&m);
     m.info.insert("cache_key".into(), key.to_string());
     model_file::save(&m, &path).map_err(|e| e.to_string())?;
@@ -552,6 +569,11 @@ pub fn experiment(a: ExperimentArgs) -> Result<(), String> {
     }
     if start != Start::File {
         setting["start"] = a.start.clone().into();
+    }
+    // A report's runs all come from one device (CPU reports stay as they were).
+    let device = crate::device::current()?;
+    if !matches!(device, crate::device::Device::Cpu) {
+        setting["device"] = device.name().into();
     }
     if results.runs.is_empty() && results.tuning.is_empty() {
         results.setting = setting;
