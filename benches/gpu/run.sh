@@ -6,13 +6,13 @@
 #   benches/gpu/run.sh [BATCH]      (default 256)
 #
 # Prints the device, the kernels' and operations' verdicts against the CPU,
-# the copy bandwidth and the GEMM table, the whole network's training step
+# the copy bandwidth, the i32 multiply-add ceiling and the GEMM table, the whole network's training step
 # and inference against PyTorch's CUDA fake-quant step (PYTHON: a python
 # with torch, default python3), and one Q-MUL deletion request on the
 # shipped model (the demo's first) trained on the GPU and on the CPU side by
-# side (figures and wall time). The int8 roofline is not measured: these
-# kernels have no dp4a or tensor-core path (cubecl 0.10), so the table's
-# G op/s are set against the bandwidth and the vendor's figures.
+# side (figures and wall time). The integer roofline is the device's i32
+# multiply-add rate (these kernels have no dp4a or tensor-core path in
+# cubecl 0.10).
 set -uo pipefail
 cd "$(dirname "$0")"
 batch=${1:-256}

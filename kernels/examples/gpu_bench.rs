@@ -68,6 +68,13 @@ fn main() -> Result<(), String> {
         2.0 * 4.0 * n as f64 / s / 1e9,
         s * 1e3
     );
+    // The integer multiply-add ceiling the unpacked int4/int8 dot products
+    // run against (no dp4a or tensor cores in these kernels).
+    let units = 1 << 20;
+    let peak = gpu.imad_peak(units, 4096).map_err(|e| e.to_string())?;
+    println!(
+        "i32 multiply-add ceiling: {peak:.0} G op/s ({units} units, 8 independent chains each)"
+    );
     println!();
     println!("| layer (m x cout x kdim) | convs | int forward ms | G op/s | dX f32 ms | GFLOP/s | dW f32 ms | GFLOP/s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");

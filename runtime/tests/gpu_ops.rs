@@ -517,6 +517,8 @@ fn large_grids_and_bad_sizes() {
         assert!(g.scratch(1 << 31).is_err());
         assert!(g.upload_f32(&vec![0.0f32; 1 << 28]).is_err());
     }
+    // The multiply-add ceiling bench runs and reports a rate.
+    assert!(g.imad_peak(4096, 16).unwrap() > 0.0);
     let small = poisoned(&g, 10);
     assert!(g.fill(&small, 11, 0.0).is_err());
     assert!(g.add(&small, &small, 11, &small).is_err());

@@ -1242,4 +1242,26 @@ impl Gpu {
         ));
         Ok(())
     }
+
+    /// The device's `i32` multiply-add rate in G op/s (2 ops each), measured
+    /// with `units` units doing `iters` rounds of 8 independent multiply-adds.
+    pub fn imad_peak(&self, units: usize, iters: u32) -> Result<f64, GpuError> {
+        let out = self.scratch(units)?;
+        let (count, dim, cubes) = grid_1d("imad_peak", units)?;
+        let run = || -> Result<(), GpuError> {
+            launch!(self, |cl, R| reduce::imad_peak_kernel::launch::<R>(
+                cl,
+                count.clone(),
+                dim,
+                arg!(out),
+                iters
+            ));
+            self.sync()
+        };
+        run()?;
+        let t = std::time::Instant::now();
+        run()?;
+        let s = t.elapsed().as_secs_f64();
+        Ok((cubes * UNITS as usize) as f64 * iters as f64 * 16.0 / s / 1e9)
+    }
 }

@@ -129,3 +129,31 @@ pub(super) fn copy_kernel(src: &Array<f32>, dst: &mut Array<f32>, n: u32) {
         dst[i as usize] = src[i as usize];
     }
 }
+
+/// The integer multiply-add ceiling of the device (the instruction the
+/// integer GEMM's unpacked dot products use; cubecl 0.10 has no dp4a): 8
+/// independent `i32` accumulators per unit, `iters` rounds of 8 multiply-adds
+/// each, one result per unit so nothing is optimised away.
+#[cube(launch)]
+pub(super) fn imad_peak_kernel(out: &mut Array<i32>, iters: u32) {
+    let i = cube_index() * UNITS + UNIT_POS_X;
+    let seed = i32::cast_from(i);
+    let mut a = Array::<i32>::new(8usize);
+    #[unroll]
+    for l in 0..8u32 {
+        a[l as usize] = seed + i32::cast_from(l);
+    }
+    let b = seed | 1i32;
+    for _ in 0..iters {
+        #[unroll]
+        for l in 0..8u32 {
+            a[l as usize] = a[l as usize] * b + 7i32;
+        }
+    }
+    let mut s = 0i32;
+    #[unroll]
+    for l in 0..8u32 {
+        s += a[l as usize];
+    }
+    out[i as usize] = s;
+}
