@@ -91,6 +91,11 @@ pub struct Model {
     pub slots: Vec<Slots>,
     /// Free-form facts carried in the model file (architecture, how it was trained).
     pub info: BTreeMap<String, String>,
+    /// Save the exact f32 latent weights (`{name}.latent`, format version 4)
+    /// instead of 1/65536-step residuals: for a model converted from a
+    /// PyTorch checkpoint that must convert back bit for bit. Loaded from the
+    /// file, kept through unlearning and commits.
+    pub exact_latent: bool,
 }
 
 /// Weights of one layer quantized for a forward/backward pass.
@@ -252,6 +257,7 @@ impl Model {
             buffers,
             slots,
             info: BTreeMap::new(),
+            exact_latent: false,
         })
     }
 

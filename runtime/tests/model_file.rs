@@ -288,7 +288,7 @@ fn version_1_files_without_a_checksum_still_load() {
 }
 
 /// A file without the sub-bin residuals.
-const PLAIN: model_file::WriteOptions = model_file::WriteOptions { sub_bin: false };
+const PLAIN: model_file::WriteOptions = model_file::WriteOptions::CENTRES;
 
 /// The latent weights of every quantized layer, with their layer's scales.
 fn latents(m: &Model) -> Vec<(Vec<f32>, Vec<f32>)> {

@@ -130,7 +130,7 @@ fn repeated_requests_compound_with_residuals() {
     std::fs::copy(shipped(), &kept).unwrap();
     let strip = |p: &Path| {
         let m = model_file::load(p).unwrap();
-        let b = model_file::to_bytes_with(&m, WriteOptions { sub_bin: false }).unwrap();
+        let b = model_file::to_bytes_with(&m, WriteOptions::CENTRES).unwrap();
         model_file::write_atomic(p, &b).unwrap();
     };
     std::fs::copy(shipped(), &centred).unwrap();

@@ -10,4 +10,5 @@ pub mod forget;
 pub mod forgetting;
 pub mod progress;
 pub mod report;
+pub mod torch;
 pub mod train;

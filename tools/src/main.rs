@@ -47,6 +47,8 @@ enum Cmd {
     Upgrade(cli::UpgradeArgs),
     /// Post-training quantization: a full-precision model into the 4-bit PACT model.
     Quantize(cli::QuantizeArgs),
+    /// PyTorch checkpoints (safetensors) to .qmul models and back.
+    Convert(cli::ConvertArgs),
     /// Ceilings, kernels, training and inference speed and memory (against PyTorch with --torch).
     Bench(cli::BenchArgs),
 }
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Receipts(a) => cli::receipts(a),
         Cmd::Upgrade(a) => cli::upgrade(a),
         Cmd::Quantize(a) => cli::quantize(a),
+        Cmd::Convert(a) => cli::convert(a),
         Cmd::Bench(a) => cli::bench(a),
     };
     match r {

@@ -9,7 +9,10 @@
 //!   linear also `{name}.bias`.
 //!   Quantized layers may also have `{name}.residual` I16 `[cout, k*k*cin]`:
 //!   each weight's position inside its rounding bin in 1/65536 steps (format
-//!   version 3; all quantized layers or none; see [`crate::quant::sub_bin`]).
+//!   version 3; all quantized layers or none; see [`crate::quant::sub_bin`]),
+//!   or instead `{name}.latent` F32 `[cout, k*k*cin]`: the exact latent
+//!   weights (format version 4, written only for models that keep them, e.g.
+//!   converted from PyTorch; they must requantize to the stored codes).
 //! * BatchNorm: `{name}.gamma`, `.beta`, `.running_mean`, `.running_var` F32.
 //! * Act: `{name}.q` F32 (PACT `[a]`, LSQ `[s]`, DSQ `[u, alpha]`).
 //!
@@ -39,6 +42,9 @@ pub const FORMAT: &str = "qmul";
 /// The version this build writes. Version 1 (no data checksum) and 2 (no
 /// sub-bin residuals) are still read.
 pub const FORMAT_VERSION: &str = "3";
+/// The version of a file that keeps exact f32 latent weights
+/// (`{name}.latent` instead of `{name}.residual`); written only for such files.
+pub const FORMAT_VERSION_EXACT: &str = "4";
 pub const NIBBLE_ORDER: &str =
     "low-first: byte b of a row holds element 2b in bits 0-3 and element 2b+1 in bits 4-7; \
 rows padded with zero codes to a multiple of 32 elements";

@@ -59,10 +59,23 @@ pub struct Loaded {
     /// bin (see [`crate::quant::sub_bin`]); without it every latent weight
     /// loads at its bin's centre.
     pub sub_bin: bool,
+    /// The file keeps the exact f32 latent weights (format version 4); then
+    /// `sub_bin` is true too and the model's `exact_latent` is set.
+    pub exact_latent: bool,
 }
 
 /// Name suffix of the sub-bin residual tensors.
 const RESIDUAL: &str = ".residual";
+/// Name suffix of the exact latent weights (format version 4).
+const LATENT: &str = ".latent";
+
+/// What a file keeps of the latent weights beyond codes and scales.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Centres,
+    Residuals,
+    Exact,
+}
 
 /// Parses and validates the bytes of a `.qmul` file.
 pub fn from_bytes(bytes: &[u8]) -> Result<Model, ModelFileError> {
@@ -109,9 +122,10 @@ pub fn from_bytes_checked(bytes: &[u8]) -> Result<Loaded, ModelFileError> {
         "1" => 1,
         "2" => 2,
         "3" => 3,
+        "4" => 4,
         v => {
             return invalid(format!(
-                "unsupported format_version {v} (this build reads 1 to 3)"
+                "unsupported format_version {v} (this build reads 1 to 4)"
             ))
         }
     };
@@ -154,20 +168,34 @@ pub fn from_bytes_checked(bytes: &[u8]) -> Result<Loaded, ModelFileError> {
     let shapes = graph
         .shapes()
         .map_err(|e| ModelFileError::Invalid(e.to_string()))?;
-    let sub_bin = st.names().iter().any(|n| n.ends_with(RESIDUAL));
-    if sub_bin && version < 3 {
+    let residuals = st.names().iter().any(|n| n.ends_with(RESIDUAL));
+    let exact = st.names().iter().any(|n| n.ends_with(LATENT));
+    if residuals && version < 3 {
         return invalid(format!(
             "residual tensors need format_version 3, the file says {version}"
         ));
     }
-    check_tensor_list(&st, &expected_tensors(&graph, &shapes, sub_bin)?)?;
+    if exact && version < 4 {
+        return invalid(format!(
+            "latent tensors need format_version 4, the file says {version}"
+        ));
+    }
+    let state = match (residuals, exact) {
+        (false, false) => State::Centres,
+        (true, false) => State::Residuals,
+        (false, true) => State::Exact,
+        (true, true) => return invalid("the file has both residual and latent tensors"),
+    };
+    check_tensor_list(&st, &expected_tensors(&graph, &shapes, state)?)?;
     let mut model = Model::layout(graph).map_err(|e| ModelFileError::Invalid(e.to_string()))?;
     model.info = info;
-    fill(&mut model, &st, sub_bin)?;
+    model.exact_latent = exact;
+    fill(&mut model, &st, state)?;
     Ok(Loaded {
         model,
         integrity,
-        sub_bin,
+        sub_bin: state != State::Centres,
+        exact_latent: exact,
         file_sha256: Sha256::digest(bytes).into(),
         format_version: version,
         file_bytes: bytes.len(),
@@ -190,7 +218,7 @@ fn mul(a: usize, b: usize) -> Result<usize, ModelFileError> {
 fn expected_tensors(
     graph: &Graph,
     shapes: &[Shape],
-    sub_bin: bool,
+    state: State,
 ) -> Result<Vec<Expected>, ModelFileError> {
     let scheme = graph.scheme;
     let mut out = Vec::new();
@@ -224,12 +252,18 @@ fn expected_tensors(
                 shape: vec![cout, rb],
             });
             v.push(f32t(format!("{name}.scale"), cout));
-            if sub_bin {
-                v.push(Expected {
+            match state {
+                State::Centres => {}
+                State::Residuals => v.push(Expected {
                     name: format!("{name}{RESIDUAL}"),
                     dtype: Dtype::I16,
                     shape: vec![cout, kdim],
-                });
+                }),
+                State::Exact => v.push(Expected {
+                    name: format!("{name}{LATENT}"),
+                    dtype: Dtype::F32,
+                    shape: vec![cout, kdim],
+                }),
             }
         }
         Ok::<_, ModelFileError>(v)
@@ -336,7 +370,8 @@ fn check_range(name: &str, q: &[f32], clamp: impl Fn(&mut [f32])) -> Result<(), 
 }
 
 /// Fills the allocated model from the (already listed and shape-checked) tensors.
-fn fill(model: &mut Model, st: &SafeTensors, sub_bin: bool) -> Result<(), ModelFileError> {
+fn fill(model: &mut Model, st: &SafeTensors, state: State) -> Result<(), ModelFileError> {
+    let sub_bin = state != State::Centres;
     let tensor = |name: &str| {
         st.tensor(name)
             .map_err(|_| ModelFileError::Invalid(format!("tensor '{name}' missing")))
@@ -370,7 +405,10 @@ fn fill(model: &mut Model, st: &SafeTensors, sub_bin: bool) -> Result<(), ModelF
                     model.params[w].data =
                         dequantize_rows(&cn, cv.data(), prec, rows, kdim, &scale)?;
                     let codes = stored_codes(cv.data(), prec, rows, kdim);
-                    if sub_bin {
+                    if state == State::Exact {
+                        let ln = format!("{name}{LATENT}");
+                        model.params[w].data = read_f32(&tensor(&ln)?, &ln)?;
+                    } else if sub_bin {
                         let rn = format!("{name}{RESIDUAL}");
                         let r: Vec<i16> = tensor(&rn)?
                             .data()
@@ -393,13 +431,19 @@ fn fill(model: &mut Model, st: &SafeTensors, sub_bin: bool) -> Result<(), ModelF
                     if q.scale != scale {
                         return invalid(format!(
                             "{sn}: scales disagree with the quantizer parameters{}",
-                            if sub_bin { " and residuals" } else { "" }
+                            match state {
+                                State::Centres => "",
+                                State::Residuals => " and residuals",
+                                State::Exact => " and latent weights",
+                            }
                         ));
                     }
                     if q.codes != codes {
-                        return invalid(format!(
-                            "{cn}: codes outside the quantizer's range for their scales"
-                        ));
+                        return invalid(if state == State::Exact {
+                            format!("{cn}: the latent weights do not quantize to these codes")
+                        } else {
+                            format!("{cn}: codes outside the quantizer's range for their scales")
+                        });
                     }
                 }
                 if let Slots::Linear { b, .. } = model.slots[i] {

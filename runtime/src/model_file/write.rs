@@ -3,7 +3,7 @@
 //! and never for a model that could not be loaded back (non-finite parameters
 //! after a diverged run are an error here, not a file that fails later).
 
-use super::{ModelFileError, FORMAT, FORMAT_VERSION, INPUT, NIBBLE_ORDER};
+use super::{ModelFileError, FORMAT, FORMAT_VERSION, FORMAT_VERSION_EXACT, INPUT, NIBBLE_ORDER};
 use crate::model::{Model, QWeights, Slots};
 use crate::quant::sub_bin;
 use crate::quant::weight::WeightQuant;
@@ -16,7 +16,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// One tensor to write: dtype, shape, little-endian bytes.
-struct Out(Dtype, Vec<usize>, Vec<u8>);
+pub struct Out(pub Dtype, pub Vec<usize>, pub Vec<u8>);
 
 fn unwritable<T>(m: String) -> Result<T, ModelFileError> {
     Err(ModelFileError::Unwritable(m))
@@ -44,17 +44,39 @@ pub struct WriteOptions {
     /// (`{name}.residual`, see [`crate::quant::sub_bin`]), so that unlearning
     /// from the file starts where the last run left off. Inference ignores it.
     pub sub_bin: bool,
+    /// The exact f32 latent weights instead (`{name}.latent`, format version
+    /// 4; overrides `sub_bin`): what a conversion from PyTorch needs to give
+    /// back every tensor bit for bit. Inference ignores them too.
+    pub exact_latent: bool,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { sub_bin: true }
+        WriteOptions {
+            sub_bin: true,
+            exact_latent: false,
+        }
     }
 }
 
-/// Serializes a model into the bytes of a `.qmul` file, with its sub-bin state.
+impl WriteOptions {
+    /// Codes and scales only: every latent weight loads at its bin's centre.
+    pub const CENTRES: WriteOptions = WriteOptions {
+        sub_bin: false,
+        exact_latent: false,
+    };
+}
+
+/// Serializes a model into the bytes of a `.qmul` file, with its sub-bin state
+/// (exact latent weights where the model keeps them, see [`Model::exact_latent`]).
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>, ModelFileError> {
-    to_bytes_with(model, WriteOptions::default())
+    to_bytes_with(
+        model,
+        WriteOptions {
+            exact_latent: model.exact_latent,
+            ..WriteOptions::default()
+        },
+    )
 }
 
 /// Serializes a model into the bytes of a `.qmul` file.
@@ -106,7 +128,13 @@ pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, Model
                     Slots::Conv { kind, .. } | Slots::Linear { kind, .. } => kind,
                     _ => WeightQuant::None,
                 };
-                if let (true, Some(q)) = (opts.sub_bin, &codes) {
+                if let (true, Some(_)) = (opts.exact_latent, &codes) {
+                    let wl = &model.params[*w];
+                    out.insert(
+                        format!("{name}.latent"),
+                        Out(Dtype::F32, wl.shape.clone(), f32_bytes(&wl.data)),
+                    );
+                } else if let (true, Some(q)) = (opts.sub_bin, &codes) {
                     let wl = &model.params[*w];
                     let r = sub_bin::encode(kind, &wl.data, &q.codes, &q.scale);
                     out.insert(
@@ -165,7 +193,14 @@ pub fn to_bytes_with(model: &Model, opts: WriteOptions) -> Result<Vec<u8>, Model
     }
     let mut meta = BTreeMap::new();
     meta.insert("format", FORMAT.to_string());
-    meta.insert("format_version", FORMAT_VERSION.to_string());
+    // Version 4 only where it is needed, so that every other file stays
+    // readable by version-3 builds.
+    let version = if opts.exact_latent && out.keys().any(|k| k.ends_with(".latent")) {
+        FORMAT_VERSION_EXACT
+    } else {
+        FORMAT_VERSION
+    };
+    meta.insert("format_version", version.to_string());
     meta.insert("graph", to_json(&model.graph)?);
     meta.insert("scheme", model.graph.scheme.name().to_string());
     meta.insert("nibble_order", NIBBLE_ORDER.to_string());
@@ -191,11 +226,13 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ModelFileError> {
 /// Writes the safetensors container with keys in sorted order, so that the same
 /// model always gives the same bytes (the safetensors crate's writer orders
 /// `__metadata__` by hash). Reading goes through the crate's validating parser.
-fn serialize(meta: &BTreeMap<&str, String>, tensors: &BTreeMap<String, Out>) -> Vec<u8> {
+/// Also the writer of the PyTorch checkpoints `qmul convert` produces.
+pub fn serialize(meta: &BTreeMap<&str, String>, tensors: &BTreeMap<String, Out>) -> Vec<u8> {
     let dtype = |d: &Dtype| match d {
         Dtype::U8 => "U8",
         Dtype::I8 => "I8",
         Dtype::I16 => "I16",
+        Dtype::I64 => "I64",
         _ => "F32",
     };
     let mut header = serde_json::Map::new();

@@ -3,6 +3,7 @@
 mod bench;
 #[cfg(feature = "gpu")]
 mod bench_gpu;
+mod convert;
 mod demo;
 mod eval;
 mod experiment;
@@ -18,6 +19,7 @@ pub mod unlearn;
 mod upgrade;
 
 pub use bench::{bench, BenchArgs};
+pub use convert::{convert, ConvertArgs};
 pub use demo::{demo, DemoArgs};
 pub use eval::{eval, EvalArgs};
 pub use experiment::{experiment, ExperimentArgs};

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct QuantizeArgs {
-    /// A full-precision model (`qmul train --quant none`).
+    /// A full-precision model: a `.qmul` file (`qmul train --quant none`) or
+    /// a float PyTorch ResNet checkpoint (`.safetensors`: qmul_torch's
+    /// `scheme="none"` export, or a plain CIFAR-style ResNet state dict, whose
+    /// input size is taken from the data set).
     #[arg(long)]
     pub model: PathBuf,
     #[command(flatten)]
@@ -27,8 +30,26 @@ pub struct QuantizeArgs {
 }
 
 pub fn quantize(a: QuantizeArgs) -> Result<(), String> {
-    let float = model_file::load(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?;
     let (tr, te) = a.data.load()?;
+    let float = if a.model.extension().is_some_and(|e| e == "safetensors") {
+        let [h, w, _] = te.image_shape();
+        let opts = crate::torch::ReadOptions {
+            input: Some((h, w)),
+            ..Default::default()
+        };
+        let c = crate::torch::from_torch(&a.model, &opts).or_else(|e| {
+            // A qmul-torch file states its input; the data set's only fills in.
+            if e.contains("the command line") {
+                crate::torch::from_torch(&a.model, &Default::default())
+            } else {
+                Err(e)
+            }
+        })?;
+        println!("{}: {}", a.model.display(), c.description);
+        c.model
+    } else {
+        model_file::load(&a.model).map_err(|e| format!("{}: {e}", a.model.display()))?
+    };
     check_compatible(&float, &te)?;
     if a.calib == 0 {
         return Err("--calib must be at least 1".into());

@@ -51,8 +51,7 @@ fn chain_path(report: &Path, method: &str, seed: u64, k: usize) -> PathBuf {
 /// `path`'s model without its residuals (every weight at its bin's centre).
 fn centred(path: &Path) -> Result<Arc<OpenModel>, String> {
     let m = model_file::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let b = model_file::to_bytes_with(&m, WriteOptions { sub_bin: false })
-        .map_err(|e| e.to_string())?;
+    let b = model_file::to_bytes_with(&m, WriteOptions::CENTRES).map_err(|e| e.to_string())?;
     OpenModel::from_bytes(&b).map_err(|e| e.to_string())
 }
 

@@ -49,9 +49,8 @@ pub fn start_model(
             Ok(open)
         }
         Start::Codes => {
-            let plain =
-                model_file::to_bytes_with(original, model_file::WriteOptions { sub_bin: false })
-                    .map_err(|e| e.to_string())?;
+            let plain = model_file::to_bytes_with(original, model_file::WriteOptions::CENTRES)
+                .map_err(|e| e.to_string())?;
             OpenModel::from_bytes(&plain).map_err(e)
         }
         Start::Latent => {
