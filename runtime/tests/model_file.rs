@@ -483,3 +483,65 @@ fn a_hostile_graph_cannot_make_the_loader_allocate() {
     };
     assert!(g.shapes().unwrap_err().to_string().contains("deeper"));
 }
+
+/// Format version 4 keeps the exact f32 latent weights (a model converted
+/// from PyTorch): every weight comes back bit for bit, the file re-saves byte
+/// for byte and stays version 4 through a session-style save; a latent
+/// weight that no longer quantizes to the stored code is an error, and so is
+/// a version-3 file with latent tensors.
+#[test]
+fn exact_latent_weights_round_trip_and_are_checked() {
+    for scheme in [QuantScheme::Pact, QuantScheme::Lsq, QuantScheme::Dsq] {
+        let mut m = trained(scheme);
+        m.exact_latent = true;
+        let bytes = model_file::to_bytes(&m).unwrap();
+        let loaded = model_file::from_bytes_checked(&bytes).unwrap();
+        assert_eq!(loaded.format_version, 4);
+        assert!(loaded.exact_latent && loaded.sub_bin && loaded.model.exact_latent);
+        assert_eq!(loaded.model.params, m.params, "{scheme:?}");
+        assert_eq!(model_file::to_bytes(&loaded.model).unwrap(), bytes);
+        // Without the flag the same model is an ordinary version-3 file.
+        m.exact_latent = false;
+        let v3 = model_file::from_bytes_checked(&model_file::to_bytes(&m).unwrap()).unwrap();
+        assert_eq!((v3.format_version, v3.exact_latent), (3, false));
+
+        // Move one latent weight by a step and a half: its code no longer matches.
+        let (w, wq, kind) = m.slots.iter().find_map(|s| s.conv()).unwrap();
+        let name = m.params[w].name.replace(".weight", ".latent");
+        let cout = m.params[w].shape[0];
+        let s = qmul_runtime::quant::weight::quantize(
+            kind,
+            &loaded.model.params[wq].data,
+            &loaded.model.params[w].data,
+            cout,
+        )
+        .scale[0];
+        let text = retensor(&bytes, &name, |d| {
+            let v = f32::from_le_bytes([d[0], d[1], d[2], d[3]]) + 1.5 * s;
+            d[..4].copy_from_slice(&v.to_le_bytes());
+        });
+        let e = model_file::from_bytes(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("do not quantize to these codes") || e.contains("scales disagree"),
+            "{scheme:?}: {e}"
+        );
+    }
+}
+
+/// The file with tensor `name`'s data changed by `f` and the checksum
+/// recomputed (so that only the content check can catch it).
+fn retensor(bytes: &[u8], name: &str, f: impl Fn(&mut [u8])) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let off = header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    let mut out = bytes.to_vec();
+    f(&mut out[8 + n + off..]);
+    let sha = {
+        use sha2::Digest;
+        qmul_runtime::model_file::write::hex(&sha2::Sha256::digest(&out[8 + n..]))
+    };
+    let old = header["__metadata__"]["data_sha256"].as_str().unwrap().to_string();
+    let text = String::from_utf8(out[8..8 + n].to_vec()).unwrap().replace(&old, &sha);
+    out[8..8 + n].copy_from_slice(text.as_bytes());
+    out
+}

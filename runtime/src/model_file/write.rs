@@ -228,13 +228,8 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, ModelFileError> {
 /// `__metadata__` by hash). Reading goes through the crate's validating parser.
 /// Also the writer of the PyTorch checkpoints `qmul convert` produces.
 pub fn serialize(meta: &BTreeMap<&str, String>, tensors: &BTreeMap<String, Out>) -> Vec<u8> {
-    let dtype = |d: &Dtype| match d {
-        Dtype::U8 => "U8",
-        Dtype::I8 => "I8",
-        Dtype::I16 => "I16",
-        Dtype::I64 => "I64",
-        _ => "F32",
-    };
+    // safetensors names its dtypes as the crate's variants print (`F32`, `I16`).
+    let dtype = |d: &Dtype| format!("{d:?}");
     let mut header = serde_json::Map::new();
     header.insert(
         "__metadata__".into(),
