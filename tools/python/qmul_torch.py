@@ -59,6 +59,14 @@ DSQ `[u_0..u_{n-1}, alpha]`), every activation quantizer a `q` parameter
 `to_qmul_layout` / `from_qmul_layout` convert conv weights between PyTorch's
 `(cout, cin, kh, kw)` and qmul's `(cout, kh * kw * cin)` rows.
 
+Model files (issue 17): `export` / `load` write and read a safetensors file
+(plain-Python reader and writer, no `safetensors` package) holding the state
+dict without `num_batches_tracked`, in PyTorch names, layout and dtype, with
+metadata `format=qmul-torch`, `format_version=1`, `arch`, `blocks`, `width`,
+`in_channels`, `classes`, `input_h`, `input_w`, `scheme`, `edge_precision`,
+`input` and `info` (JSON text). `qmul convert` turns such a file into a
+`.qmul` model and back; `torch.save` pickles are refused, never unpickled.
+
 Differences from qmul that remain (by design of the two runtimes):
 qmul multiplies integer codes and applies the scales once per output
 (`sum(code_x * code_w) * s_x * s_w`), PyTorch multiplies the dequantized
@@ -70,8 +78,12 @@ PyTorch's generator, not qmul's.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import struct
+import sys
 
 import torch
 import torch.nn as nn
@@ -86,6 +98,10 @@ __all__ = [
     "qmul_name",
     "to_qmul_layout",
     "from_qmul_layout",
+    "save_safetensors",
+    "load_safetensors",
+    "export",
+    "load",
     "SCHEMES",
 ]
 
@@ -173,10 +189,18 @@ class _LsqAct(torch.autograd.Function):
         return dx, (ds.sum() * gscale).reshape(1), None
 
 
+def _needs_surrogate(*ts) -> bool:
+    """DSQ's tanh surrogate only shapes the backward pass; skipping it when no
+    gradient will flow makes no-grad evaluation several times faster."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
 def _dsq_act(x, q):
     u, alpha = q[0], q[1]
     scale = u / A_QMAX
     hard = torch.round((x * (1.0 / scale)).clamp(0.0, A_QMAX)) * scale
+    if not _needs_surrogate(x, q):
+        return hard + 0.0  # `+ 0.0` as in `_ste`: -0.0 becomes +0.0 either way
     soft = _dsq_soft(x, scale, 0.0, alpha)
     surrogate = torch.where(x < 0, torch.zeros_like(x), torch.where(x > u, u.expand_as(x), soft))
     return _ste(hard, surrogate)
@@ -216,6 +240,10 @@ class QAct(nn.Module):
 
     @torch.no_grad()
     def clamp_params(self):
+        # A range still waiting for its first training batch stays at 0 (qmul
+        # initialises before it clamps; clamping first would pin it at 1e-4).
+        if self._pending and self.scheme in ("lsq", "dsq") and float(self.q[0]) <= 0.0:
+            return
         if self.scheme in ("pact", "lsq"):
             self.q.clamp_(min=1e-4)
         elif self.scheme == "dsq":
@@ -267,6 +295,8 @@ def _dsq_weight(w, q):
     u, alpha = _rows(q[:cout], w), q[cout]
     d = u / 7.0
     hard = torch.round((w * (1.0 / d)).clamp(-8.0, 7.0)) * d
+    if not _needs_surrogate(w, q):
+        return hard + 0.0
     soft = _dsq_soft(w, d, 8.0, alpha)
     lo = -8.0 * d
     surrogate = torch.where(w < lo, lo.expand_as(w), torch.where(w > u, u.expand_as(w), soft))
@@ -399,6 +429,9 @@ class QResNet18(nn.Module):
         if width < 1 or classes < 2 or in_ch not in (1, 3):
             raise ValueError("width >= 1, classes >= 2 and 1 or 3 input channels required")
         self.scheme = scheme
+        # Kept so that `export` can write the architecture into the file.
+        self.width, self.in_ch, self.classes = width, in_ch, classes
+        self.blocks = tuple(blocks)
         self.conv1 = QConv2d(in_ch, width, 3, 1, _weight_kind(scheme, True))
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = QAct(scheme)
@@ -492,6 +525,349 @@ def to_qmul_layout(w: torch.Tensor) -> torch.Tensor:
 def from_qmul_layout(rows: torch.Tensor, cin: int, k: int) -> torch.Tensor:
     """Inverse of `to_qmul_layout` for a `k x k` convolution with `cin` inputs."""
     return rows.reshape(rows.shape[0], k, k, cin).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------
+# safetensors, in plain Python (issue 17: the venv must not need the
+# `safetensors` package, and qmul's Rust converter reads the same bytes)
+
+#: safetensors dtype name -> torch dtype. Unsigned types wider than 8 bits
+#: exist only in newer torch releases, hence the `getattr`.
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+    "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+for _name, _attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _attr):
+        _ST_DTYPES[_name] = getattr(torch, _attr)
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+#: Header size limit: a guard against reading a multi-gigabyte "length" out of
+#: a file that is not safetensors at all (the reference reader uses 100 MB).
+_ST_MAX_HEADER = 100_000_000
+
+_PICKLE_HINT = (
+    "{path} is a `torch.save` pickle ({kind}), not safetensors; qmul reads only "
+    "safetensors (pickles can run code). Export it from PyTorch instead: "
+    "`qmul_torch.export(model, 'model.safetensors')` for a QResNet18, or "
+    "`qmul_torch.save_safetensors(model.state_dict(), {{}}, 'model.safetensors')`"
+)
+
+
+def _check_little_endian():
+    """The raw data is little-endian and is copied as the machine stores it."""
+    if sys.byteorder != "little":
+        raise RuntimeError("qmul_torch's safetensors code needs a little-endian machine")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw little-endian bytes of `t` in row-major order, any dtype
+    (viewed as bytes, so bfloat16 needs no numpy support)."""
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def save_safetensors(tensors: dict, metadata: dict, path) -> None:
+    """Writes `tensors` (name -> tensor, any supported dtype, stored as it
+    is) and `metadata` (str -> str) as a safetensors file.
+
+    Tensors are laid out in sorted name order and the header JSON has sorted
+    keys, so the same inputs always give the same bytes (files can be
+    compared or hashed). The header is space-padded to a multiple of 8 so the
+    data block starts aligned.
+    """
+    _check_little_endian()
+    for k, v in (metadata or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"safetensors metadata must map str to str; got {k!r}: {v!r}")
+    header, blobs, offset = {}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        if not isinstance(name, str) or name == "__metadata__":
+            raise ValueError(f"invalid tensor name {name!r}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensor {name!r} is a {type(t).__name__}, not a torch.Tensor")
+        if t.dtype not in _ST_NAMES:
+            raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which safetensors "
+                            f"cannot store here (supported: {sorted(_ST_DTYPES)})")
+        data = _tensor_bytes(t)
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = text.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:  # write-then-rename: no half-written file on error
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def _looks_like_pickle(head: bytes):
+    """Which `torch.save` format `head` starts with, or None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip archive"
+    if head[:1] == b"\x80":
+        return "legacy pickle"
+    return None
+
+
+def _parse_header(blob: bytes, path):
+    """Splits a safetensors file into (header dict, data block), refusing
+    pickles and malformed headers with messages that say what is wrong.
+
+    A valid header length can itself start with byte 0x80 (e.g. 128 bytes), so
+    the pickle test applies only when the bytes do not parse as safetensors.
+    """
+    n = struct.unpack("<Q", blob[:8])[0] if len(blob) >= 8 else None
+    valid = n is not None and n <= _ST_MAX_HEADER and 8 + n <= len(blob) and blob[8:9] == b"{"
+    if not valid:
+        kind = _looks_like_pickle(blob[:8])
+        if kind:
+            raise ValueError(_PICKLE_HINT.format(path=path, kind=kind))
+        if n is None:
+            raise ValueError(f"{path}: {len(blob)} bytes, too short for a safetensors file")
+        raise ValueError(f"{path} is not a safetensors file: header length {n} "
+                         f"with {len(blob)} bytes in the file, or the header is not JSON")
+    try:
+        header = json.loads(blob[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: safetensors header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is not a JSON object")
+    return header, memoryview(blob)[8 + n:]
+
+
+def _read_metadata(header: dict, path) -> dict:
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ValueError(f"{path}: __metadata__ must be an object of strings")
+    return meta
+
+
+def _read_tensor(name: str, entry, data: memoryview, path) -> tuple:
+    """One header entry -> (begin, end, tensor), checking dtype, shape and
+    that the byte range fits the data block and the element count."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: tensor {name!r}: header entry is not an object")
+    dtype_name = entry.get("dtype")
+    if dtype_name not in _ST_DTYPES:
+        raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name!r} "
+                         f"(supported: {', '.join(sorted(_ST_DTYPES))})")
+    shape, offs = entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ValueError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
+    if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
+        raise ValueError(f"{path}: tensor {name!r} has invalid data_offsets {offs!r}")
+    begin, end = offs
+    dtype = _ST_DTYPES[dtype_name]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if not 0 <= begin <= end <= len(data):
+        raise ValueError(f"{path}: tensor {name!r} bytes {begin}..{end} lie outside the "
+                         f"{len(data)}-byte data block (truncated file?)")
+    if end - begin != math.prod(shape) * itemsize:
+        raise ValueError(f"{path}: tensor {name!r} {dtype_name} {shape} needs "
+                         f"{math.prod(shape) * itemsize} bytes, data_offsets give {end - begin}")
+    if end == begin:
+        t = torch.empty(shape, dtype=dtype)
+    else:
+        # bytearray: a writable private copy, so the tensor owns its memory.
+        raw = torch.frombuffer(bytearray(data[begin:end]), dtype=torch.uint8)
+        t = raw.view(dtype).reshape(shape)
+    return begin, end, t
+
+
+def _check_coverage(spans: list, size: int, path) -> None:
+    """The format requires tensors to tile the data block exactly: no
+    overlaps, no holes, nothing after the last tensor."""
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            what = "overlaps the previous tensor" if begin < pos else f"leaves a gap at byte {pos}"
+            raise ValueError(f"{path}: tensor {name!r} (bytes {begin}..{end}) {what}")
+        pos = end
+    if pos != size:
+        raise ValueError(f"{path}: {size - pos} bytes after the last tensor in the data block")
+
+
+def load_safetensors(path):
+    """Reads a safetensors file -> (name -> tensor, metadata str -> str).
+
+    Refuses `torch.save` pickles (zip or legacy) with a message on how to
+    export instead: qmul never unpickles, since a pickle can run code.
+    """
+    _check_little_endian()
+    with open(path, "rb") as f:
+        blob = f.read()
+    header, data = _parse_header(blob, path)
+    meta = _read_metadata(header, path)
+    tensors, spans = {}, []
+    for name, entry in header.items():
+        begin, end, t = _read_tensor(name, entry, data, path)
+        tensors[name] = t
+        spans.append((begin, end, name))
+    _check_coverage(spans, len(data), path)
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------
+# Model files shared with qmul (`qmul convert`): format `qmul-torch` version 1
+
+FORMAT = "qmul-torch"
+FORMAT_VERSION = "1"
+_INPUT_TEXT = "NCHW float32 = u8 pixel / 255"
+#: Metadata keys that `export` computes; any other key a loaded model carried
+#: (e.g. the converter's `graph`, `latent`, `qmul_*`) is written back as is.
+_OWN_KEYS = ("format", "format_version", "arch", "blocks", "width", "in_channels",
+             "classes", "input_h", "input_w", "scheme", "edge_precision", "input", "info")
+_REQUIRED_KEYS = ("format", "format_version", "arch", "width", "in_channels", "classes",
+                  "scheme", "input_h", "input_w")
+
+
+def _exported_state(model: nn.Module) -> dict:
+    """The tensors a model file holds: the state dict without the
+    `num_batches_tracked` counters (qmul has no tensor for them)."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def _edge_precision(scheme: str) -> str:
+    """Stem conv and classifier are 8-bit under every quantized scheme."""
+    return "f32" if scheme == "none" else "int8"
+
+
+def _info_text(info) -> str:
+    if not isinstance(info, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in info.items()):
+        raise TypeError(f"info must be a dict of str -> str, got {info!r}")
+    return json.dumps(info, sort_keys=True, ensure_ascii=False)
+
+
+def export(model: "QResNet18", path, input_hw=None, info: dict | None = None) -> None:
+    """Writes `model` as a `qmul-torch` safetensors file for `qmul convert`.
+
+    Tensors keep their state-dict names, PyTorch layout and dtype (conv weights
+    `(cout, cin, kh, kw)`), so the file is also a plain PyTorch state dict.
+    `input_hw` and `info` default to what `load` attached to the model (so a
+    load -> export round trip keeps them), else `(28, 28)` and `{}`; metadata
+    keys this function does not set are copied from `model.torch_metadata`.
+    """
+    if not isinstance(model, QResNet18):
+        raise TypeError(f"export takes a QResNet18, got {type(model).__name__}")
+    if model.blocks != (2, 2, 2, 2):
+        raise ValueError(f"export writes ResNet-18 (blocks 2,2,2,2); model has {model.blocks}")
+    if input_hw is None:
+        input_hw = getattr(model, "input_hw", None) or (28, 28)
+    h, w = (int(v) for v in input_hw)
+    if h < 1 or w < 1:
+        raise ValueError(f"input_hw must be positive, got {input_hw!r}")
+    if info is None:
+        info = getattr(model, "info", None) or {}
+    meta = {k: v for k, v in getattr(model, "torch_metadata", {}).items() if k not in _OWN_KEYS}
+    meta.update({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "arch": "resnet18", "blocks": "2,2,2,2",
+        "width": str(model.width), "in_channels": str(model.in_ch),
+        "classes": str(model.classes), "input_h": str(h), "input_w": str(w),
+        "scheme": model.scheme, "edge_precision": _edge_precision(model.scheme),
+        "input": _INPUT_TEXT, "info": _info_text(info),
+    })
+    save_safetensors(_exported_state(model), meta, path)
+
+
+def _meta_int(meta: dict, key: str, path) -> int:
+    try:
+        v = int(meta[key])
+    except ValueError:
+        raise ValueError(f"{path}: metadata {key}={meta[key]!r} is not an integer") from None
+    if v < 1:
+        raise ValueError(f"{path}: metadata {key}={v} must be positive")
+    return v
+
+
+def _check_metadata(meta: dict, path) -> None:
+    """Refuses files that are not qmul-torch ResNet-18s, naming the key."""
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: metadata format={meta.get('format')!r}, expected "
+                         f"{FORMAT!r} (write files with qmul_torch.export or `qmul convert`)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version={meta.get('format_version')!r}; this "
+                         f"qmul_torch reads version {FORMAT_VERSION} only")
+    missing = [k for k in _REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: metadata lacks {', '.join(missing)}")
+    if meta["arch"] != "resnet18" or meta.get("blocks", "2,2,2,2") != "2,2,2,2":
+        raise ValueError(f"{path}: arch={meta['arch']!r} blocks={meta.get('blocks')!r}; "
+                         "only resnet18 with blocks 2,2,2,2 is supported")
+    if meta["scheme"] not in SCHEMES:
+        raise ValueError(f"{path}: scheme={meta['scheme']!r}, expected one of {SCHEMES}")
+    edge = meta.get("edge_precision", _edge_precision(meta["scheme"]))
+    if edge != _edge_precision(meta["scheme"]):
+        raise ValueError(f"{path}: edge_precision={edge!r} under scheme {meta['scheme']!r}; "
+                         f"QResNet18 uses {_edge_precision(meta['scheme'])!r}")
+
+
+def _parse_info(meta: dict, path) -> dict:
+    try:
+        info = json.loads(meta.get("info", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: metadata info is not JSON ({e})") from None
+    if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+        raise ValueError(f"{path}: metadata info must be a JSON object of strings")
+    return info
+
+
+def _check_tensors(tensors: dict, expected: dict, path) -> None:
+    """Strict match with the model's state: every tensor present, float32,
+    right shape, nothing unknown (`num_batches_tracked` is tolerated)."""
+    unknown = sorted(k for k in tensors if k not in expected
+                     and not k.endswith("num_batches_tracked"))
+    if unknown:
+        raise ValueError(f"{path}: unknown tensors for this QResNet18: {', '.join(unknown)}")
+    for name, ref in expected.items():
+        if name not in tensors:
+            raise ValueError(f"{path}: tensor {name!r} is missing")
+        t = tensors[name]
+        if t.dtype != torch.float32:
+            raise ValueError(f"{path}: tensor {name!r} is {t.dtype}, expected torch.float32")
+        if t.shape != ref.shape:
+            raise ValueError(f"{path}: tensor {name!r} has shape {list(t.shape)}, "
+                             f"expected {list(ref.shape)}")
+
+
+def load(path) -> "QResNet18":
+    """Reads a `qmul-torch` file (from `export` or `qmul convert`) into a
+    QResNet18 in eval mode.
+
+    Attaches `input_hw`, `info` (dict) and `torch_metadata` (every metadata
+    key, so `export` can write back keys such as the converter's `qmul_*`).
+    LSQ/DSQ activation ranges come from the file, so they are marked as
+    initialised and the first training batch does not overwrite them.
+    """
+    tensors, meta = load_safetensors(path)
+    _check_metadata(meta, path)
+    model = QResNet18(_meta_int(meta, "width", path), _meta_int(meta, "in_channels", path),
+                      _meta_int(meta, "classes", path), meta["scheme"])
+    expected = _exported_state(model)
+    _check_tensors(tensors, expected, path)
+    model.load_state_dict({k: tensors[k] for k in expected}, strict=False)
+    for m in model.modules():
+        if isinstance(m, QAct):
+            m._pending = False
+    model.input_hw = (_meta_int(meta, "input_h", path), _meta_int(meta, "input_w", path))
+    model.info = _parse_info(meta, path)
+    model.torch_metadata = dict(meta)
+    return model.eval()
 
 
 if __name__ == "__main__":  # quick self-check: shapes and parameter counts

@@ -25,12 +25,22 @@ const SCHEMES: [QuantScheme; 4] = [
 /// parameters, activation ranges, LSQ steps.
 fn tiny(scheme: QuantScheme, seed: u64) -> Model {
     let g = resnet(&ResNetConfig::resnet18(2, 8, 8, 1, 10, scheme)).unwrap();
-    let mut m = Model::new(g, InitOptions { seed, pact_init: 6.0 }).unwrap();
+    let mut m = Model::new(
+        g,
+        InitOptions {
+            seed,
+            pact_init: 6.0,
+        },
+    )
+    .unwrap();
     let mut r = Rng::new(seed ^ 0x5eed);
     for t in m.params.iter_mut() {
         let leaf = t.name.rsplit('.').next().unwrap();
         match (leaf, scheme) {
-            ("gamma", _) => t.data.iter_mut().for_each(|v| *v = 0.5 + r.uniform() as f32),
+            ("gamma", _) => t
+                .data
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + r.uniform() as f32),
             ("beta", _) => t.data.iter_mut().for_each(|v| *v = 0.1 * r.normal() as f32),
             ("q", QuantScheme::Pact) => t.data = vec![2.0 + 4.0 * r.uniform() as f32],
             ("q", QuantScheme::Lsq) => t.data = vec![0.1 + 0.3 * r.uniform() as f32],
@@ -46,7 +56,9 @@ fn tiny(scheme: QuantScheme, seed: u64) -> Model {
         if t.name.ends_with("running_mean") {
             t.data.iter_mut().for_each(|v| *v = 0.2 * r.normal() as f32);
         } else {
-            t.data.iter_mut().for_each(|v| *v = 0.5 + r.uniform() as f32);
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = 0.5 + r.uniform() as f32);
         }
     }
     m.clamp_quant_params();
@@ -64,7 +76,12 @@ fn parse(bytes: &[u8]) -> (Tensors, BTreeMap<String, String>) {
         .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
         .collect();
     let (_, h) = SafeTensors::read_metadata(bytes).unwrap();
-    let meta = h.metadata().clone().unwrap_or_default().into_iter().collect();
+    let meta = h
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     (t, meta)
 }
 
@@ -102,7 +119,11 @@ fn to_qmul(ckpt: &[u8], o: &ReadOptions) -> Result<Vec<u8>, String> {
 #[test]
 fn qmul_to_torch_to_qmul_is_byte_identical() {
     for scheme in SCHEMES {
-        for state in [LatentState::Centres, LatentState::SubBin, LatentState::Exact] {
+        for state in [
+            LatentState::Centres,
+            LatentState::SubBin,
+            LatentState::Exact,
+        ] {
             let mut m = tiny(scheme, 3);
             m.exact_latent = state == LatentState::Exact;
             let file = model_file::to_bytes_with(&m, state.write_options()).unwrap();
@@ -156,9 +177,13 @@ fn torch_to_qmul_to_torch_round_trip() {
             };
             let file = to_qmul(&ckpt, &o).unwrap();
             let loaded = model_file::from_bytes_checked(&file).unwrap();
-            let (back, back_meta) =
-                parse(&torch::to_torch_bytes(&loaded.model, LatentState::of_file(&loaded)).unwrap());
-            assert_eq!(back.keys().collect::<Vec<_>>(), t.keys().collect::<Vec<_>>());
+            let (back, back_meta) = parse(
+                &torch::to_torch_bytes(&loaded.model, LatentState::of_file(&loaded)).unwrap(),
+            );
+            assert_eq!(
+                back.keys().collect::<Vec<_>>(),
+                t.keys().collect::<Vec<_>>()
+            );
             for (name, (d, s, b)) in &t {
                 let (bd, bs, bb) = &back[name];
                 assert_eq!((d, s), (bd, bs), "{name}");
@@ -199,7 +224,13 @@ fn torch_to_qmul_to_torch_round_trip() {
                     } else {
                         step / 65536.0 + (a[i] as f64).abs() * 2f64.powi(-23)
                     };
-                    assert!(d <= bound, "{}[{i}]: {} -> {} (step {step})", exact.params[w].name, a[i], c[i]);
+                    assert!(
+                        d <= bound,
+                        "{}[{i}]: {} -> {} (step {step})",
+                        exact.params[w].name,
+                        a[i],
+                        c[i]
+                    );
                 }
             }
             for k in ["width", "scheme", "input_h", "info"] {
@@ -258,7 +289,10 @@ fn bad_checkpoints_are_rejected_with_the_tensor_named() {
     );
     assert_says(&e, &[name, "F16", "float32"]);
 
-    let e = err(&with(&|_, meta| drop(meta.insert("scheme".into(), "apot".into()))), &opts());
+    let e = err(
+        &with(&|_, meta| drop(meta.insert("scheme".into(), "apot".into()))),
+        &opts(),
+    );
     assert_says(&e, &["'apot'", "pact, lsq, dsq or none"]);
 
     let e = err(
@@ -290,14 +324,20 @@ fn bad_checkpoints_are_rejected_with_the_tensor_named() {
 
     let e = err(
         &with(&|t, _| {
-            t.insert("normalize.mean".into(), (Dtype::F32, vec![1], bytes_of(&[0.5])));
+            t.insert(
+                "normalize.mean".into(),
+                (Dtype::F32, vec![1], bytes_of(&[0.5])),
+            );
         }),
         &opts(),
     );
     assert_says(&e, &["normalize.mean", "pixel / 255"]);
 
     // torch.save files: a zip archive (PyTorch >= 1.6) and a bare pickle.
-    for bytes in [&b"PK\x03\x04archive/data.pkl"[..], &[0x80, 0x02, b'}', b'q']] {
+    for bytes in [
+        &b"PK\x03\x04archive/data.pkl"[..],
+        &[0x80, 0x02, b'}', b'q'],
+    ] {
         let e = err(bytes, &opts());
         assert_says(&e, &["torch.save", "safetensors", "qmul_torch.export"]);
     }
