@@ -540,8 +540,13 @@ fn retensor(bytes: &[u8], name: &str, f: impl Fn(&mut [u8])) -> Vec<u8> {
         use sha2::Digest;
         qmul_runtime::model_file::write::hex(&sha2::Sha256::digest(&out[8 + n..]))
     };
-    let old = header["__metadata__"]["data_sha256"].as_str().unwrap().to_string();
-    let text = String::from_utf8(out[8..8 + n].to_vec()).unwrap().replace(&old, &sha);
+    let old = header["__metadata__"]["data_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = String::from_utf8(out[8..8 + n].to_vec())
+        .unwrap()
+        .replace(&old, &sha);
     out[8..8 + n].copy_from_slice(text.as_bytes());
     out
 }
