@@ -35,7 +35,6 @@ BatchNorm running statistics. CPU, one thread.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -45,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fmnist  # noqa: E402
 import qmul_torch as qt  # noqa: E402
 
 CLASSES = 10
@@ -58,31 +58,11 @@ SUBSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "d
                       "fashion-mnist-subset")
 
 
-def read_idx(path: str) -> torch.Tensor:
-    """A gzipped idx file (images u8 [n, h, w] or labels u8 [n])."""
-    import gzip
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    magic = int.from_bytes(raw[:4], "big")
-    dims = magic & 0xFF
-    if magic >> 8 != 0x08 or dims not in (1, 3):
-        raise ValueError(f"{path}: not a u8 idx file (magic {magic:#x})")
-    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
-    body = raw[4 + 4 * dims:]
-    if len(body) != math.prod(shape):
-        raise ValueError(f"{path}: {len(body)} bytes of data, the header says {shape}")
-    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
-
-
 def subset():
     """(train images NHWC, train labels, test images NHWC, test labels)."""
-    def img(name):
-        return read_idx(os.path.join(SUBSET, name)).unsqueeze(-1)
-
-    def lab(name):
-        return read_idx(os.path.join(SUBSET, name)).long()
-    return (img("train-images-idx3-ubyte.gz"), lab("train-labels-idx1-ubyte.gz"),
-            img("t10k-images-idx3-ubyte.gz"), lab("t10k-labels-idx1-ubyte.gz"))
+    tr, ly = fmnist.load_split(SUBSET, "train")
+    te, lt = fmnist.load_split(SUBSET, "test")
+    return tr, ly, te, lt
 
 
 def eval_images(n: int) -> torch.Tensor:
@@ -111,11 +91,6 @@ def train_briefly(model: qt.QResNet18, steps: int, g: torch.Generator) -> None:
     model.eval()
 
 
-def random_pixels(n: int, g: torch.Generator) -> torch.Tensor:
-    """Uniformly random u8 images, NHWC as qmul stores them."""
-    return torch.randint(0, 256, (n, HW, HW, 1), generator=g, dtype=torch.uint8)
-
-
 @torch.no_grad()
 def perturb_params(model: qt.QResNet18, g: torch.Generator) -> None:
     """Moves BatchNorm affine and quantizer parameters off their init values,
@@ -137,7 +112,7 @@ def perturb_params(model: qt.QResNet18, g: torch.Generator) -> None:
 
 
 def make_model(scheme: str, width: int, seed: int, steps: int, g: torch.Generator) -> qt.QResNet18:
-    """A random-weight QResNet18 with realistic BatchNorm and quantizer state."""
+    """A QResNet18 with perturbed parameters, then briefly trained on the subset."""
     torch.manual_seed(seed)  # the module's init draws from the global generator
     model = qt.QResNet18(width, 1, CLASSES, scheme)
     perturb_params(model, g)
