@@ -185,7 +185,7 @@ def parse_args(argv):
     m.add_argument("--width", type=int, default=8)
     m.add_argument("--n", type=int, default=10000, help="eval images")
     m.add_argument("--batch", type=int, default=8, help="training batch for the gradient cases")
-    m.add_argument("--train-batches", type=int, default=12, help="training batches (gradient cases)")
+    m.add_argument("--train-batches", type=int, default=24, help="training batches (gradient cases)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--steps", type=int, default=100, help="training steps on the subset")
     m.add_argument("--schemes", default="pact,lsq,dsq", help="comma-separated, of pact,lsq,dsq,none")

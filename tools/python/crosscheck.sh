@@ -1,7 +1,7 @@
 #!/bin/sh
 # PyTorch as the oracle for qmul's numerics (issue 17): installs PyTorch into
 # a virtualenv, runs the Python-side tests, then qmul's `torch_crosscheck`
-# test, which builds random networks of every scheme in PyTorch
+# test, which trains small networks of every scheme in PyTorch
 # (tools/python/crosscheck.py), converts them and compares logits, losses and
 # gradients with qmul's integer kernels.
 #
