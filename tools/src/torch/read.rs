@@ -87,6 +87,15 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
     let meta = header.metadata().clone().unwrap_or_default();
     let (cfg, description) = architecture(&st, &meta, opts)?;
     let graph = resnet(&cfg).map_err(|e| e.to_string())?;
+    // The metadata's numbers decide what gets allocated: the file must hold
+    // at least the f32 weights they describe before any of it is.
+    let need = weight_bytes(&graph)?;
+    if need > bytes.len() as u64 {
+        return Err(format!(
+            "{description} needs {need} bytes of weights; the file has {} in all              (the metadata does not match the tensors)",
+            bytes.len()
+        ));
+    }
     let mut model = Model::layout(graph).map_err(|e| e.to_string())?;
     let entries = names::entries(&model)?;
     let mut used: HashMap<&str, ()> = HashMap::new();
@@ -179,6 +188,26 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
         latent,
         description,
     })
+}
+
+/// Bytes of the convolution and linear weights `graph` describes (as f32),
+/// computed without allocating them.
+fn weight_bytes(graph: &qmul_runtime::Graph) -> Result<u64, String> {
+    let shapes = graph.shapes().map_err(|e| e.to_string())?;
+    let mut total = 0u64;
+    for op in &graph.nodes {
+        let n = match op {
+            qmul_runtime::Op::Conv { input, cout, k, .. } => {
+                (*cout as u64) * (*k as u64) * (*k as u64) * shapes[*input].c as u64
+            }
+            qmul_runtime::Op::Linear { input, out, .. } => {
+                *out as u64 * shapes[*input].len() as u64
+            }
+            _ => 0,
+        };
+        total = total.saturating_add(n.saturating_mul(4));
+    }
+    Ok(total)
 }
 
 /// Quantizer parameters must lie where training keeps them, and variances
