@@ -581,7 +581,8 @@ fn post_training_quantization_and_the_durability_table() {
     );
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
-        out.contains("(full precision) ->") && out.contains("4-bit PACT, 64 calibration images"),
+        out.contains("(full precision) ->")
+            && out.contains("MSE-optimal activation clips on 64 calibration images"),
         "{out}"
     );
     let i = succeed(qmul().arg("inspect").arg(&q));
