@@ -885,3 +885,79 @@ fn the_device_flag_is_honoured_or_refused_clearly() {
         "invalid value",
     );
 }
+
+/// `qmul convert` both ways on the shipped model, and a converted model with
+/// exact latent weights that stays exact through `qmul unlearn`'s commit
+/// (format version 4 kept, `inspect` says so), then converts back; a
+/// pickle is refused with advice.
+#[test]
+fn convert_round_trips_and_exact_latents_survive_unlearning() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/checkpoints/fmnist-subset-r18w8-pact.qmul");
+    succeed(
+        qmul()
+            .args(["convert", "--to-torch"])
+            .arg(&shipped)
+            .arg("--out")
+            .arg(p("m.safetensors")),
+    );
+    succeed(
+        qmul()
+            .args(["convert", "--from-torch"])
+            .arg(p("m.safetensors"))
+            .arg("--out")
+            .arg(p("back.qmul")),
+    );
+    assert!(
+        std::fs::read(&shipped).unwrap() == std::fs::read(p("back.qmul")).unwrap(),
+        "qmul -> PyTorch -> qmul changed the shipped model's file"
+    );
+    succeed(
+        qmul()
+            .args(["convert", "--latent", "exact", "--from-torch"])
+            .arg(p("m.safetensors"))
+            .arg("--out")
+            .arg(p("exact.qmul")),
+    );
+    succeed(
+        qmul()
+            .args(["unlearn", "--data", "subset", "--forget", "random:0.01:1"])
+            .args(["--epochs", "1", "--force", "--model"])
+            .arg(p("exact.qmul"))
+            .arg("--out")
+            .arg(p("unlearned.qmul")),
+    );
+    let i = succeed(qmul().arg("inspect").arg(p("unlearned.qmul")));
+    let text = String::from_utf8_lossy(&i.stdout);
+    assert!(text.contains("exact f32 latent weights kept"), "{text}");
+    succeed(
+        qmul()
+            .args(["convert", "--to-torch"])
+            .arg(p("unlearned.qmul"))
+            .arg("--out")
+            .arg(p("unlearned.safetensors")),
+    );
+    succeed(
+        qmul()
+            .args(["convert", "--from-torch"])
+            .arg(p("unlearned.safetensors"))
+            .arg("--out")
+            .arg(p("unlearned2.qmul")),
+    );
+    assert!(
+        std::fs::read(p("unlearned.qmul")).unwrap() == std::fs::read(p("unlearned2.qmul")).unwrap(),
+        "the exact model changed through PyTorch"
+    );
+    std::fs::write(p("model.pt"), b"PK\x03\x04archive/data.pkl").unwrap();
+    fail_with(
+        qmul()
+            .args(["convert", "--from-torch"])
+            .arg(p("model.pt"))
+            .arg("--out")
+            .arg(p("x.qmul")),
+        "torch.save",
+    );
+    assert!(!p("x.qmul").exists());
+}

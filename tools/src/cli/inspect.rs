@@ -83,6 +83,9 @@ pub fn inspect(a: InspectArgs) -> Result<(), String> {
         "sub-bin state {}",
         if model.scheme() == qmul_runtime::QuantScheme::None {
             "not needed (full-precision weights are stored as they are)"
+        } else if model.exact_latent {
+            "exact f32 latent weights kept (format version 4, e.g. `qmul convert --latent exact`): \
+             unlearning continues where the last run stopped, and the weights convert back bit for bit"
         } else if open.has_sub_bin() {
             "kept (16-bit residual per quantized weight): unlearning continues where the last run stopped"
         } else {
