@@ -455,3 +455,62 @@ fn mutated_checkpoints_are_errors_never_panics() {
     }
     assert!(refused > 2000, "{refused} of 3000 refused");
 }
+
+/// Per-layer weight steps (LSQ `wq` of one value, DSQ `[u, alpha]`), as
+/// quantization code that keeps one step per layer saves them, become
+/// per-channel steps of equal value: the converted model computes what the
+/// checkpoint does (the same codes and scales as the per-channel form).
+#[test]
+fn per_layer_weight_steps_become_equal_per_channel_steps() {
+    for scheme in [QuantScheme::Lsq, QuantScheme::Dsq] {
+        let m = tiny(scheme, 6);
+        let (mut t, meta) = parse(&torch::to_torch_bytes(&m, LatentState::SubBin).unwrap());
+        let (mut per_channel, mut layers) = (t.clone(), 0);
+        for (name, (_, s, b)) in t.iter_mut() {
+            if !name.ends_with(".wq") {
+                continue;
+            }
+            layers += 1;
+            let v = f32s(b);
+            let cout = if scheme == QuantScheme::Lsq {
+                v.len()
+            } else {
+                v.len() - 1
+            };
+            let step = v[..cout].iter().sum::<f32>() / cout as f32;
+            let layer: Vec<f32> = if scheme == QuantScheme::Lsq {
+                vec![step]
+            } else {
+                vec![step, v[cout]]
+            };
+            let mut expanded = vec![step; cout];
+            expanded.extend_from_slice(&layer[1..]);
+            *s = vec![layer.len()];
+            *b = bytes_of(&layer);
+            per_channel.get_mut(name).unwrap().2 = bytes_of(&expanded);
+        }
+        assert!(layers > 10);
+        let a = torch::from_torch_bytes(&write(&t, &meta), &opts())
+            .unwrap()
+            .model;
+        let b = torch::from_torch_bytes(&write(&per_channel, &meta), &opts())
+            .unwrap()
+            .model;
+        assert_eq!(a.params, b.params, "{scheme:?}");
+        let images: Vec<u8> = (0..2 * 64).map(|i| (i * 53 % 256) as u8).collect();
+        assert_eq!(
+            a.forward(&images, 2).unwrap(),
+            b.forward(&images, 2).unwrap()
+        );
+    }
+    // Other shapes are still errors.
+    let m = tiny(QuantScheme::Lsq, 6);
+    let (mut t, meta) = parse(&torch::to_torch_bytes(&m, LatentState::SubBin).unwrap());
+    let (_, s, b) = t.get_mut("layer1.0.conv1.wq").unwrap();
+    *s = vec![3];
+    *b = bytes_of(&[0.1, 0.1, 0.1]);
+    assert_says(
+        &err(&write(&t, &meta), &opts()),
+        &["layer1.0.conv1.wq", "shape"],
+    );
+}

@@ -113,7 +113,8 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
                 v.dtype()
             ));
         }
-        if v.shape() != e.shape.as_slice() {
+        let per_layer = per_layer_steps(&e.torch, v.shape(), &e.shape, model.graph.scheme);
+        if v.shape() != e.shape.as_slice() && per_layer.is_none() {
             return Err(format!(
                 "{}: shape {:?}, but {} needs {:?}",
                 e.torch,
@@ -122,11 +123,14 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
                 e.shape
             ));
         }
-        let data: Vec<f32> = v
+        let mut data: Vec<f32> = v
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(cout) = per_layer {
+            data = per_channel(&data, cout);
+        }
         if let Some((i, x)) = data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
             return Err(format!(
                 "{}[{i}] is {x}: the checkpoint holds non-finite values (the run that made it diverged)",
@@ -188,6 +192,33 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
         latent,
         description,
     })
+}
+
+/// A per-layer weight quantizer (`wq` of one step, LSQ `[s]`, or DSQ
+/// `[u, alpha]`) where qmul keeps one per output channel: returns the
+/// channel count, and the parameters become per-channel ones of equal value
+/// (the quantization is the same; training in qmul then moves them apart).
+fn per_layer_steps(
+    name: &str,
+    got: &[usize],
+    want: &[usize],
+    scheme: QuantScheme,
+) -> Option<usize> {
+    if !name.ends_with(".wq") || want.len() != 1 {
+        return None;
+    }
+    match (scheme, got) {
+        (QuantScheme::Lsq, [1]) => Some(want[0]),
+        (QuantScheme::Dsq, [2]) => Some(want[0] - 1),
+        _ => None,
+    }
+}
+
+/// `[s]` -> `[s; cout]`, `[u, alpha]` -> `[u; cout] ++ [alpha]`.
+fn per_channel(q: &[f32], cout: usize) -> Vec<f32> {
+    let mut out = vec![q[0]; cout];
+    out.extend_from_slice(&q[1..]);
+    out
 }
 
 /// Bytes of the convolution and linear weights `graph` describes (as f32),
