@@ -104,10 +104,12 @@ fn from_torch(a: &ConvertArgs, src: &std::path::Path) -> Result<(), String> {
 
 /// How far the `.qmul` file's latent weights are from the checkpoint's, in
 /// quantization steps (the figure behind `--latent`): apart, the weights at
-/// a max-abs channel's largest code, which come back on `qmax * scale`.
+/// a max-abs channel's largest code, which come back on `qmax * scale`, and
+/// the weights an LSQ/DSQ quantizer clips (more than half a step beyond its
+/// range), which keep half a step of their excess (`quant::sub_bin`).
 fn latent_error(exact: &qmul_runtime::Model, back: &qmul_runtime::Model) -> String {
     use qmul_runtime::model::Slots;
-    let (mut worst, mut top) = (0.0f64, 0.0f64);
+    let (mut worst, mut top, mut clipped) = (0.0f64, 0.0f64, 0usize);
     let mut quantized = false;
     for slot in &exact.slots {
         let (w, wq, kind) = match slot {
@@ -131,8 +133,11 @@ fn latent_error(exact: &qmul_runtime::Model, back: &qmul_runtime::Model) -> Stri
             .zip(&back.params[w].data)
             .enumerate()
         {
-            let d = ((*a as f64) - (*b as f64)).abs() / q.scale[j / k.max(1)] as f64;
-            if qmax == Some((q.codes[j] as f32).abs()) {
+            let s = q.scale[j / k.max(1)] as f64;
+            let d = ((*a as f64) - (*b as f64)).abs() / s;
+            if (*a as f64 / s - q.codes[j] as f64).abs() > 0.5 {
+                clipped += 1;
+            } else if qmax == Some((q.codes[j] as f32).abs()) {
                 top = top.max(d);
             } else {
                 worst = worst.max(d);
@@ -144,9 +149,15 @@ fn latent_error(exact: &qmul_runtime::Model, back: &qmul_runtime::Model) -> Stri
     } else if worst == 0.0 && top == 0.0 {
         "every latent weight stored exactly".into()
     } else {
-        format!(
+        let mut m = format!(
             "latent weights within {worst:.2e} of a quantization step of the checkpoint's, \
              {top:.2e} at max-abs channels' largest codes"
-        )
+        );
+        if clipped > 0 {
+            m += &format!(
+                "; {clipped} weights clipped by their quantizer keep half a step of their excess"
+            );
+        }
+        m
     }
 }
