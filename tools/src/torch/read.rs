@@ -390,16 +390,7 @@ fn architecture(
         );
         cfg.blocks = blocks;
         cfg.edge_precision = edge;
-        let d = format!(
-            "{FORMAT} {version}: {} width {}, {}x{}x{} input, {} classes, {}",
-            cfg.arch_name(),
-            cfg.width,
-            cfg.in_c,
-            cfg.in_h,
-            cfg.in_w,
-            cfg.classes,
-            scheme.name()
-        );
+        let d = format!("{FORMAT} {version}: {}", describe(&cfg));
         return Ok((cfg, d));
     }
     // A plain state dict: the shapes say width, channels, classes and blocks.
@@ -441,17 +432,22 @@ fn architecture(
     )?;
     let mut cfg = ResNetConfig::resnet18(stem[0], h, w, stem[1], fc[0], scheme);
     cfg.blocks = blocks;
-    let d = format!(
-        "a plain state dict read as {} width {}, {}x{}x{} input, {} classes, {}",
+    let d = format!("a plain state dict read as {}", describe(&cfg));
+    Ok((cfg, d))
+}
+
+/// `resnet18 width 16, 1x28x28 input, 10 classes, pact`.
+fn describe(cfg: &ResNetConfig) -> String {
+    format!(
+        "{} width {}, {}x{}x{} input, {} classes, {}",
         cfg.arch_name(),
         cfg.width,
         cfg.in_c,
-        h,
-        w,
+        cfg.in_h,
+        cfg.in_w,
         cfg.classes,
-        scheme.name()
-    );
-    Ok((cfg, d))
+        cfg.scheme.name()
+    )
 }
 
 fn parse_blocks(s: &str) -> Result<[usize; 4], String> {
