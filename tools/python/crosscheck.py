@@ -22,11 +22,16 @@ For each scheme S this writes two safetensors files that qmul's
   `train.K.labels` I64 `[B]`, their train-mode (batch-statistics BatchNorm)
   `train.K.logits` F32 `[B, 10]`, mean cross-entropy `train.K.loss` F32 `[1]`
   and `train.K.grad.<name>` F32 for every parameter (PyTorch name and shape)
-  from one backward pass of that loss. Several small batches, because a
+  from one backward pass of that loss, and `train.K.near_mask` I64 `[1]`:
+  how many activation-quantizer inputs lay within 1e-5 of a straight-through
+  mask edge (0 or the top of the range). Several small batches, because a
   batch-statistics pass couples the samples: one value on the other side of
   a rounding boundary changes every later layer's statistics, so the test
   compares gradients on the batches whose forward passes agree.
-  Metadata: scheme, width, seed.
+  Metadata: scheme, width, seed. With `--indices` the images are stored as
+  `pixel_indices` / `train.K.indices` I64 into the subset's training then
+  test images instead (the small fixtures in `tools/tests/fixtures/torch/`,
+  which the Rust test checks without PyTorch).
 
 The model file is written before the training passes, which update the
 BatchNorm running statistics. CPU, one thread.
@@ -129,22 +134,51 @@ def eval_logits(model: qt.QResNet18, pixels: torch.Tensor) -> torch.Tensor:
                       for i in range(0, len(pixels), EVAL_CHUNK)])
 
 
-def train_case(model: qt.QResNet18, k: int, batch: int, g: torch.Generator) -> dict:
+#: Relative distance to an activation quantizer's mask edge (0 or the top of
+#: its range) within which qmul's and PyTorch's values, which differ by
+#: accumulated float rounding, may fall on different sides.
+MASK_EDGE = 1e-5
+
+
+@torch.no_grad()
+def near_mask_edges(act: qt.QAct, x: torch.Tensor) -> int:
+    """Values of `x` within MASK_EDGE of `act`'s straight-through mask edges:
+    there the code is the same either side (0 or 15), but the gradient passes
+    on one side only, so such a batch's gradients need not agree even when
+    its logits do."""
+    top = {"pact": lambda q: q[0], "lsq": lambda q: q[0] * qt.A_QMAX,
+           "dsq": lambda q: q[0]}.get(act.scheme)
+    if top is None:
+        return 0
+    r = float(top(act.q))
+    return int(((x.abs() <= MASK_EDGE * r) | ((x - r).abs() <= MASK_EDGE * r)).sum())
+
+
+def train_case(model: qt.QResNet18, k: int, batch: int, g: torch.Generator,
+               by_index: bool = False) -> dict:
     """Training batch `k`: one train-mode forward + backward of the mean
     cross-entropy on `batch` of the subset's test images with their labels,
     the tensors qmul's training step must reproduce (`train.K.*`)."""
-    _, _, te, lt = subset()
+    tr, _, te, lt = subset()
     idx = torch.randperm(len(te), generator=g)[:batch]
     pixels, labels = te[idx].contiguous(), lt[idx].contiguous()
     model.train()
     model.zero_grad(set_to_none=True)
+    near = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: near.append(near_mask_edges(mod, i[0])))
+             for m in model.modules() if isinstance(m, qt.QAct)]
     logits = model(qt.pixels_to_input(pixels))
+    for h in hooks:
+        h.remove()
     loss = F.cross_entropy(logits, labels)
     loss.backward()
     p = f"train.{k}."
-    out = {p + "pixels": pixels, p + "labels": labels,
+    # By index: into the subset's training then test images (`--indices`).
+    images = {p + "indices": idx + len(tr)} if by_index else {p + "pixels": pixels}
+    out = {**images, p + "labels": labels,
            p + "logits": logits.detach().contiguous(),
-           p + "loss": loss.detach().reshape(1).float()}
+           p + "loss": loss.detach().reshape(1).float(),
+           p + "near_mask": torch.tensor([sum(near)], dtype=torch.int64)}
     for name, param in model.named_parameters():
         grad = param.grad if param.grad is not None else torch.zeros_like(param)
         out[f"{p}grad.{name}"] = grad.detach().contiguous()
@@ -163,12 +197,16 @@ def make_scheme(out_dir: str, scheme: str, args) -> None:
                     "weights": f"random, then {args.steps} steps on the subset"})
     t1 = time.perf_counter()
     pixels = eval_images(args.n)
-    case = {"pixels": pixels, "logits": eval_logits(model, pixels)}
+    case = {"logits": eval_logits(model, pixels)}
+    if args.indices:
+        case["pixel_indices"] = torch.arange(args.n, dtype=torch.int64)
+    else:
+        case["pixels"] = pixels
     t2 = time.perf_counter()
     # Train mode updates the running statistics; the file is already written
     # and batch-statistics passes do not read them.
     for k in range(args.train_batches):
-        case.update(train_case(model, k, args.batch, g))
+        case.update(train_case(model, k, args.batch, g, args.indices))
     t3 = time.perf_counter()
     meta = {"scheme": scheme, "width": str(args.width), "seed": str(args.seed)}
     qt.save_safetensors(case, meta, os.path.join(out_dir, f"{scheme}.case.safetensors"))
@@ -184,16 +222,21 @@ def parse_args(argv):
     m.add_argument("dir")
     m.add_argument("--width", type=int, default=8)
     m.add_argument("--n", type=int, default=10000, help="eval images")
-    m.add_argument("--batch", type=int, default=8, help="training batch for the gradient cases")
-    m.add_argument("--train-batches", type=int, default=24, help="training batches (gradient cases)")
+    m.add_argument("--batch", type=int, default=4, help="training batch for the gradient cases")
+    m.add_argument("--train-batches", type=int, default=128, help="training batches (gradient cases)")
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--steps", type=int, default=100, help="training steps on the subset")
     m.add_argument("--schemes", default="pact,lsq,dsq", help="comma-separated, of pact,lsq,dsq,none")
+    m.add_argument("--indices", action="store_true",
+                   help="store subset indices instead of pixels (the small fixtures the test "
+                        "keeps in tools/tests/fixtures/torch; --n at most 6000)")
     args = p.parse_args(argv)
     args.schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     bad = [s for s in args.schemes if s not in qt.SCHEMES]
     if bad:
         p.error(f"unknown scheme(s) {', '.join(bad)}; choose from {', '.join(qt.SCHEMES)}")
+    if args.indices and args.n > 6000:
+        p.error("--indices takes --n up to 6000 (the subset's training and test images)")
     if args.width < 1 or args.n < 1 or args.batch < 2:
         p.error("--width and --n must be >= 1, --batch >= 2 (train-mode BatchNorm needs 2)")
     return args

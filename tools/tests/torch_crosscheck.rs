@@ -3,7 +3,7 @@
 //! (`qmul_torch.QResNet18`: fake quantization in float), converted with
 //! `qmul convert`'s library functions and run by qmul's packed integer
 //! kernels. Compared: eval logits and argmax on 10,000 Fashion-MNIST images,
-//! 24 training steps' loss, logits and every parameter gradient
+//! 128 training steps' loss, logits and every parameter gradient
 //! (weights, BatchNorm, the PACT/LSQ/DSQ quantizer parameters), and the
 //! round trip PyTorch -> qmul -> PyTorch of every tensor.
 //!
@@ -37,23 +37,25 @@ const LOGIT_MEDIAN: f32 = 1e-6;
 const ARGMAX_FRACTION: f64 = 0.999;
 /// A training batch's forward passes agree when every logit is within
 /// `TRAIN_AGREE * (1 + |logit|)`: no code differs anywhere in the batch.
+/// (128 training batches of 4 images in a fresh run.)
 const TRAIN_AGREE: f32 = 1e-4;
-/// Training batches (of the 24) that must agree so that gradients are compared at all.
+/// Training batches that must be compared at all.
 const MIN_AGREEING: usize = 3;
-/// Gradient agreement on those batches, after the budgets of
-/// `runtime/tests/common/grad.rs` against the f64 reference: all gradients
-/// together `||g_qmul - g_torch|| <= whole * ||g_torch||` on every batch,
-/// and per tensor of at least `MIN_LEN` values `<= per_tensor` on the
-/// median batch (worst printed). Why not every batch per tensor: one PACT
-/// batch of 13 agreeing ones has one tensor at 4.2e-3 (`layer2.0.bn2.bias`;
-/// 7e-4 all together) and the cause is not isolated: none of its
-/// activations lies within 2e-6 of a code boundary or a clip in PyTorch's
-/// forward. Candidates: a straight-through mask or the classifier's u8 input
-/// code differing without moving the logits by 1e-4, or cancellation in a
-/// BatchNorm bias sum, which PyTorch adds in f32 and qmul in f64. The
-/// activation quantizers' parameters are scalars whose gradients are sums
-/// of rounding residuals (LSQ/DSQ) or clipped terms with much cancellation:
-/// held to `whole` only, their worst printed.
+/// Gradient agreement on the batches compared, after the budgets of
+/// `runtime/tests/common/grad.rs` against the f64 reference: per tensor of
+/// at least `MIN_LEN` values `||g_qmul - g_torch|| <= per_tensor *
+/// ||g_torch||` and all gradients together `<= whole`, on every batch. The
+/// batches compared are those whose logits agree (no code differs) and whose
+/// PyTorch forward has no activation-quantizer input within 1e-5 of a
+/// straight-through mask edge (`train.K.near_mask`, from `crosscheck.py`):
+/// there the code is the same on both sides (0 or 15) but the gradient
+/// passes on one side only, and qmul's and PyTorch's values differ by
+/// accumulated float rounding. (Found by this test: such batches had
+/// agreeing logits and gradients up to 1e-2 apart; the worst ones held the
+/// most values at the edge.) The activation quantizers' parameters are
+/// scalars whose gradients are sums of rounding residuals (LSQ/DSQ) or
+/// clipped terms with much cancellation: held to `whole` only, their worst
+/// printed.
 struct Budget {
     per_tensor: f64,
     whole: f64,
@@ -118,6 +120,42 @@ fn argmax(row: &[f32]) -> usize {
         .0
 }
 
+/// The subset's training then test images, concatenated: what a case's
+/// `pixel_indices` / `train.K.indices` point into.
+fn subset_images() -> (Vec<u8>, usize) {
+    let (tr, te) = qmul_tools::data::load("subset").unwrap();
+    let per = tr.image(0).len();
+    let mut all = Vec::with_capacity((tr.len() + te.len()) * per);
+    for i in 0..tr.len() {
+        all.extend_from_slice(tr.image(i));
+    }
+    for i in 0..te.len() {
+        all.extend_from_slice(te.image(i));
+    }
+    (all, per)
+}
+
+/// A case's images: `{prefix}pixels` (U8 NHWC) or, in the fixtures,
+/// `{indices}` (I64 into [`subset_images`]).
+fn images(case: &SafeTensors, pixels: &str, indices: &str) -> (Vec<u8>, usize) {
+    if let Ok(t) = case.tensor(pixels) {
+        return (t.data().to_vec(), t.shape()[0]);
+    }
+    let idx: Vec<usize> = case
+        .tensor(indices)
+        .unwrap_or_else(|_| panic!("neither {pixels} nor {indices} in the case"))
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let (all, per) = subset_images();
+    let mut out = Vec::with_capacity(idx.len() * per);
+    for &i in &idx {
+        out.extend_from_slice(&all[i * per..(i + 1) * per]);
+    }
+    (out, idx.len())
+}
+
 /// Eval logits over `pixels` in batches.
 fn forward_all(m: &Model, pixels: &[u8], n: usize) -> Vec<f32> {
     let per = pixels.len() / n;
@@ -141,8 +179,6 @@ struct TrainFigures {
     /// Worst relative gradient error on them per tensor of at least
     /// `MIN_LEN` values, and where.
     worst: (f64, String),
-    /// Each agreeing batch's worst per-tensor error.
-    batch_worst: Vec<f64>,
     /// Worst relative error of all gradients together (per batch).
     whole: f64,
     /// Worst relative error of a short tensor (activation quantizer parameters).
@@ -150,28 +186,29 @@ struct TrainFigures {
     loss_err: f64,
     /// Largest relative logit difference on the other batches.
     flipped_logits: f64,
+    /// Agreeing batches left out: a value lay at a straight-through mask edge.
+    near_mask: usize,
 }
 
 /// qmul's training pass on each of the case's batches against PyTorch's.
 fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
     let batches = (0..)
-        .take_while(|k| case.tensor(&format!("train.{k}.pixels")).is_ok())
+        .take_while(|k| case.tensor(&format!("train.{k}.labels")).is_ok())
         .count();
     let mut f = TrainFigures {
         batches,
-        batch_size: case.tensor("train.0.pixels").map_or(0, |t| t.shape()[0]),
+        batch_size: case.tensor("train.0.labels").map_or(0, |t| t.shape()[0]),
         agreeing: 0,
         worst: (0.0, String::new()),
-        batch_worst: Vec::new(),
         whole: 0.0,
         quant_worst: 0.0,
         loss_err: 0.0,
         flipped_logits: 0.0,
+        near_mask: 0,
     };
     for k in 0..batches {
         let p = format!("train.{k}.");
-        let tp = case.tensor(&format!("{p}pixels")).unwrap();
-        let bsz = tp.shape()[0];
+        let (tp, bsz) = images(case, &format!("{p}pixels"), &format!("{p}indices"));
         let labels: Vec<u32> = case
             .tensor(&format!("{p}labels"))
             .unwrap()
@@ -183,7 +220,7 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
         let mut mm = m.clone();
         let pass = mm
             .train_pass(
-                tp.data(),
+                &tp,
                 bsz,
                 Targets {
                     labels: &labels,
@@ -204,12 +241,19 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
             f.flipped_logits = f.flipped_logits.max(rel);
             continue;
         }
+        let near_mask = case
+            .tensor(&format!("{p}near_mask"))
+            .map_or(0, |t| i64::from_le_bytes(t.data()[..8].try_into().unwrap()));
+        if near_mask > 0 {
+            f.near_mask += 1;
+            continue;
+        }
         f.agreeing += 1;
         let loss = f32s(case, &format!("{p}loss"))[0];
         f.loss_err = f
             .loss_err
             .max(((pass.loss - loss).abs() / loss.abs().max(1.0)) as f64);
-        let (mut diff2, mut ref2, mut this) = (0.0f64, 0.0f64, 0.0f64);
+        let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
         for e in names::entries(m).unwrap() {
             let names::Place::Param(i) = e.place else {
                 continue;
@@ -231,20 +275,23 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
                 f.quant_worst = f.quant_worst.max(rel);
                 continue;
             }
-            this = this.max(rel);
             if rel > f.worst.0 {
                 f.worst = (rel, format!("{} (batch {k})", e.torch));
             }
         }
-        f.batch_worst.push(this);
         f.whole = f.whole.max((diff2 / ref2.max(1e-30)).sqrt());
     }
     let _ = scheme;
     f
 }
 
+/// The gradient GEMMs' precision is process-wide: one scheme's comparisons
+/// at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The comparisons of one scheme (figures printed), and which failed.
 fn check_scheme(dir: &Path, scheme: &str) -> Vec<&'static str> {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let model_path = dir.join(format!("{scheme}.safetensors"));
     let ckpt = std::fs::read(&model_path).unwrap();
     let c = torch::from_torch_bytes(
@@ -285,10 +332,9 @@ fn check_scheme(dir: &Path, scheme: &str) -> Vec<&'static str> {
 
     let case_bytes = std::fs::read(dir.join(format!("{scheme}.case.safetensors"))).unwrap();
     let case = SafeTensors::deserialize(&case_bytes).unwrap();
-    let pixels = case.tensor("pixels").unwrap();
-    let n = pixels.shape()[0];
+    let (pixels, n) = images(&case, "pixels", "pixel_indices");
     let want = f32s(&case, "logits");
-    let got = forward_all(&m, pixels.data(), n);
+    let got = forward_all(&m, &pixels, n);
     let k = m.classes();
     let (mut close, mut same, mut worst) = (0usize, 0usize, 0.0f32);
     for (g, w) in got.chunks(k).zip(want.chunks(k)) {
@@ -336,33 +382,35 @@ fn check_scheme(dir: &Path, scheme: &str) -> Vec<&'static str> {
             continue;
         }
         let t = train_steps(&m, &case, scheme);
-        let median = {
-            let mut v = t.batch_worst.clone();
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
-        };
+        if t.batches == 0 {
+            println!("{scheme}: no training batches in this case (eval and round trip only)");
+            break;
+        }
         println!(
             "{scheme}, {} backward: {} training steps of {} images: {} with every logit within \
-             {TRAIN_AGREE:e} x (1 + |logit|) of PyTorch's (the others had a code on the other \
-             side of a rounding boundary; logits up to {:.1e} apart). On those: per-tensor \
-             gradient error {median:.1e} on the median batch (budget {:e}), worst {:.1e} ({}); \
-             {:.1e} all together on every batch (budget {:e}); activation quantizer \
+             {TRAIN_AGREE:e} x (1 + |logit|) of PyTorch's and no activation at a \
+             straight-through mask edge, {} more with agreeing logits but a value at an edge \
+             (left out), the rest with a code on the other side of a rounding boundary \
+             (logits up to {:.1e} apart). On the {}: per-tensor gradient error at most {:.1e} \
+             ({}; budget {:e}), all together {:.1e} (budget {:e}); activation quantizer \
              parameters' worst {:.1e}; loss within {:.1e}",
             precision.name(),
             t.batches,
             t.batch_size,
             t.agreeing,
+            t.near_mask,
             t.flipped_logits,
-            budget.per_tensor,
+            t.agreeing,
             t.worst.0,
             t.worst.1,
+            budget.per_tensor,
             t.whole,
             budget.whole,
             t.quant_worst,
             t.loss_err
         );
         if t.agreeing < MIN_AGREEING
-            || median > budget.per_tensor
+            || t.worst.0 > budget.per_tensor
             || t.whole > budget.whole
             || t.loss_err > TRAIN_AGREE as f64
         {
@@ -417,10 +465,15 @@ fn qmul_matches_pytorch_fake_quantization() {
         t.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&out.stdout).trim_end()
     );
+    check_all(dir.path());
+}
+
+/// Every scheme's comparisons; fails with the list of what was outside.
+fn check_all(dir: &Path) {
     let failed: Vec<String> = ["pact", "lsq", "dsq"]
         .iter()
         .flat_map(|s| {
-            check_scheme(dir.path(), s)
+            check_scheme(dir, s)
                 .into_iter()
                 .map(move |f| format!("{s} {f}"))
         })
@@ -429,4 +482,17 @@ fn qmul_matches_pytorch_fake_quantization() {
         failed.is_empty(),
         "outside the stated tolerances: {failed:?}"
     );
+}
+
+/// The eval comparisons and the round trip against PyTorch's numbers kept
+/// in the repository (`tools/tests/fixtures/torch/`: width-4 networks, 2,000
+/// subset images by index, made by `crosscheck.py make DIR --width 4 --n
+/// 2000 --train-batches 0 --indices`), so that CI, which has no PyTorch,
+/// still checks qmul's forward against PyTorch. (Training batches are left
+/// out of the fixtures: few of them are comparable, see `Budget`, and their
+/// gradients would make the files megabytes; CI checks gradients against
+/// the f64 reference, `runtime/tests/grad_check.rs`.)
+#[test]
+fn qmul_matches_the_kept_pytorch_figures() {
+    check_all(&repo().join("tools/tests/fixtures/torch"));
 }
