@@ -191,7 +191,7 @@ struct TrainFigures {
 }
 
 /// qmul's training pass on each of the case's batches against PyTorch's.
-fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
+fn train_steps(m: &Model, case: &SafeTensors) -> TrainFigures {
     let batches = (0..)
         .take_while(|k| case.tensor(&format!("train.{k}.labels")).is_ok())
         .count();
@@ -206,6 +206,7 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
         flipped_logits: 0.0,
         near_mask: 0,
     };
+    let entries = names::entries(m).unwrap();
     for k in 0..batches {
         let p = format!("train.{k}.");
         let (tp, bsz) = images(case, &format!("{p}pixels"), &format!("{p}indices"));
@@ -254,7 +255,7 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
             .loss_err
             .max(((pass.loss - loss).abs() / loss.abs().max(1.0)) as f64);
         let (mut diff2, mut ref2) = (0.0f64, 0.0f64);
-        for e in names::entries(m).unwrap() {
+        for e in &entries {
             let names::Place::Param(i) = e.place else {
                 continue;
             };
@@ -281,7 +282,6 @@ fn train_steps(m: &Model, case: &SafeTensors, scheme: &str) -> TrainFigures {
         }
         f.whole = f.whole.max((diff2 / ref2.max(1e-30)).sqrt());
     }
-    let _ = scheme;
     f
 }
 
@@ -381,7 +381,7 @@ fn check_scheme(dir: &Path, scheme: &str) -> Vec<&'static str> {
             println!("{scheme}: no bf16 gradient GEMMs on this CPU; f32 only");
             continue;
         }
-        let t = train_steps(&m, &case, scheme);
+        let t = train_steps(&m, &case);
         if t.batches == 0 {
             println!("{scheme}: no training batches in this case (eval and round trip only)");
             break;

@@ -83,6 +83,7 @@ fn from_torch(a: &ConvertArgs, src: &std::path::Path) -> Result<(), String> {
                     .ok_or_else(|| format!("--latent '{s}': expected sub-bin, exact or centres"))
             })
             .transpose()?,
+        input_fallback: None,
     };
     let c = torch::from_torch(src, &opts)?;
     let bytes = model_file::to_bytes_with(&c.model, c.latent.write_options())

@@ -33,18 +33,12 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), String> {
     let (tr, te) = a.data.load()?;
     let float = if a.model.extension().is_some_and(|e| e == "safetensors") {
         let [h, w, _] = te.image_shape();
+        // A qmul-torch file states its input; the data set's only fills in.
         let opts = crate::torch::ReadOptions {
-            input: Some((h, w)),
+            input_fallback: Some((h, w)),
             ..Default::default()
         };
-        let c = crate::torch::from_torch(&a.model, &opts).or_else(|e| {
-            // A qmul-torch file states its input; the data set's only fills in.
-            if e.contains("the command line") {
-                crate::torch::from_torch(&a.model, &Default::default())
-            } else {
-                Err(e)
-            }
-        })?;
+        let c = crate::torch::from_torch(&a.model, &opts)?;
         println!("{}: {}", a.model.display(), c.description);
         c.model
     } else {

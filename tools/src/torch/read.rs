@@ -16,7 +16,7 @@ use qmul_runtime::model::{Model, Slots};
 use qmul_runtime::quant::{act, weight};
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// What the file's metadata may lack, from the command line.
@@ -25,8 +25,12 @@ pub struct ReadOptions {
     /// The quantization scheme (needed when the file has no qmul-torch
     /// metadata and carries quantizer parameters).
     pub scheme: Option<QuantScheme>,
-    /// Input height and width (needed when the file does not say).
+    /// Input height and width (needed when the file does not say; an error
+    /// if the file says otherwise).
     pub input: Option<(usize, usize)>,
+    /// Input height and width for a file that does not say, never checked
+    /// against one that does (`qmul quantize` passes its data set's).
+    pub input_fallback: Option<(usize, usize)>,
     /// How the `.qmul` file keeps latent weights (default: the file's
     /// `qmul_latent`, else sub-bin residuals).
     pub latent: Option<LatentState>,
@@ -98,7 +102,7 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
     }
     let mut model = Model::layout(graph).map_err(|e| e.to_string())?;
     let entries = names::entries(&model)?;
-    let mut used: HashMap<&str, ()> = HashMap::new();
+    let mut used: HashSet<&str> = HashSet::new();
     for e in &entries {
         let v = st.tensor(&e.torch).map_err(|_| {
             format!(
@@ -145,12 +149,12 @@ pub fn from_torch_bytes(bytes: &[u8], opts: &ReadOptions) -> Result<Converted, S
             Place::Param(i) => model.params[i].data = data,
             Place::Buffer(i) => model.buffers[i].data = data,
         }
-        used.insert(e.torch.as_str(), ());
+        used.insert(e.torch.as_str());
     }
     let mut extra: Vec<&str> = st
         .names()
         .into_iter()
-        .filter(|n| !used.contains_key(n) && !n.ends_with(".num_batches_tracked"))
+        .filter(|n| !used.contains(*n) && !n.ends_with(".num_batches_tracked"))
         .collect();
     if !extra.is_empty() {
         extra.sort();
@@ -426,7 +430,7 @@ fn architecture(
         }
         None => QuantScheme::None,
     };
-    let (h, w) = opts.input.ok_or(
+    let (h, w) = opts.input.or(opts.input_fallback).ok_or(
         "the checkpoint does not say its input size (no qmul-torch metadata): pass --input HxW \
          (28x28 for Fashion-MNIST, 32x32 for CIFAR)",
     )?;
